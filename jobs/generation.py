@@ -1,0 +1,80 @@
+"""Batched generation with transformers: left padding, stop sequences, n samples per prompt, reproducible.
+
+    from jobs.generation import GenerationSettings, generate
+    texts = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=256, temperature=0.2, samples=20,
+                     stop=STOP_SEQUENCES))      # texts[i] holds the `samples` completions of prompts[i]
+
+Prompts are sorted by length and batched (`batch_size` sequences at a time, samples included), so padding stays
+small; a sequence stops at its first stop sequence (transformers' stop_strings) or at max_new_tokens, and the
+returned text is cut just before the stop sequence. Temperature 0 is greedy decoding (then one sample is the only
+meaningful count). A progress line goes to stdout every `progress_every_s` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 0.95
+    samples: int = 1
+    batch_size: int = 8
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 0
+    progress_every_s: float = 30.0
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop sequence."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings,
+             on_text: Callable[[int, str], None] | None = None) -> list[list[str]]:
+    """`settings.samples` completions for every prompt, in prompt order. `on_text(prompt_index, text)` is called as
+    each completion is ready."""
+    model.eval()
+    device = next(model.parameters()).device
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(settings.seed)
+    jobs = sorted(((i, s) for i in range(len(prompts)) for s in range(settings.samples)),
+                  key=lambda job: len(prompts[job[0]]))
+    results: list[list[str]] = [[""] * settings.samples for _ in prompts]
+    sampling = settings.temperature > 0
+    last_report = time.monotonic()
+    try:
+        for start in range(0, len(jobs), settings.batch_size):
+            batch = jobs[start:start + settings.batch_size]
+            encoded = tokenizer([prompts[i] for i, _ in batch], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+            kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": sampling,
+                                      "pad_token_id": tokenizer.pad_token_id}
+            if sampling:
+                kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+            if settings.stop:
+                kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
+            output = model.generate(**encoded, **kwargs)
+            new_tokens = output[:, encoded["input_ids"].shape[1]:]
+            for (prompt_index, sample), tokens in zip(batch, new_tokens, strict=True):
+                text = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
+                results[prompt_index][sample] = text
+                if on_text is not None:
+                    on_text(prompt_index, text)
+            if time.monotonic() - last_report > settings.progress_every_s:
+                last_report = time.monotonic()
+                print(f"[generate] {min(start + len(batch), len(jobs))}/{len(jobs)} completions", flush=True)
+    finally:
+        tokenizer.padding_side = padding_side
+    return results

@@ -1,0 +1,82 @@
+"""The callable submitit runs on every rank: the seam between where a stage runs and what it does.
+
+It turns submitit's environment into torch.distributed variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+derived from the job id) and a `jobs.context.RankContext`, records the attempt in <run>/attempts.jsonl (rank 0),
+then calls the job. The job module is imported here, on the node, so the launcher never imports torch.
+
+Preemption and time limits: a Stage is submitit-checkpointable. On SLURM's warning signal rank 0 requeues the same
+stage, which resumes from the newest complete checkpoint in the run directory (the train stage does not save on
+the signal: it relies on its last checkpoint, `training.save_steps` apart) and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.context import RankContext
+from launchers.plan import Plan
+from launchers.recipe.schema import Recipe
+
+# stage name -> "module:function" of the job that runs it
+STAGE_JOBS = {
+    "prepare": "jobs.prepare:prepare",
+    "train": "jobs.train:train",
+    "export": "jobs.export:export",
+    "eval": "jobs.evaluate:evaluate",
+}
+ATTEMPTS_FILE = "attempts.jsonl"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run_dir: str
+    recipe: Recipe
+    plan: Plan
+    requeue: bool = True
+
+    def __call__(self) -> Any:
+        import submitit
+
+        env = submitit.helpers.TorchDistributedEnvironment().export()
+        job = submitit.JobEnvironment()
+        context = RankContext(
+            run_dir=Path(self.run_dir), rank=env.rank, local_rank=env.local_rank, world_size=env.world_size,
+            attempt=f"{job.job_id}.{os.environ.get('SLURM_RESTART_COUNT', '0')}",
+        )
+        node = job.hostnames[job.node] if job.node < len(job.hostnames) else job.hostname
+        print(f"[{self.name}] rank {env.rank}/{env.world_size} on node {node} (job {job.job_id})", flush=True)
+        if context.is_main:
+            record_attempt(context.run_dir, self.name, str(job.job_id), node)
+        module, _, function = STAGE_JOBS[self.name].partition(":")
+        result = getattr(importlib.import_module(module), function)(self.recipe, self.plan, context)
+        # The work is done: a time-limit warning arriving now (a job that ends in its last minutes) must neither
+        # requeue it nor kill the process while submitit writes the result.
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        return result
+
+    def checkpoint(self) -> Any:
+        """Requeue this stage unchanged (it resumes from what the run directory holds), unless --no-requeue."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self) if self.requeue else None
+
+
+def record_attempt(run_dir: Path, stage: str, job_id: str, node: str) -> None:
+    line = json.dumps({"stage": stage, "job_id": job_id, "node": node, "started": time.time()})
+    with (run_dir / ATTEMPTS_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / ATTEMPTS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

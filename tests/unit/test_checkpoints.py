@@ -1,0 +1,73 @@
+"""jobs.checkpoints on synthetic checkpoint directories: the newest *complete* checkpoint wins, unfinished ones
+are removed, and adapter verification catches missing, sharded and untrained LoRA weights.
+
+    .venv/bin/python -m pytest tests/unit/test_checkpoints.py -q
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from jobs.checkpoints import latest_complete, remove_incomplete, verify_adapter
+from launchers.rundir import COMPLETE_MARKER
+
+EXPECTED = {"model.layers.0.q_proj.lora_A.weight": (8, 64), "model.layers.0.q_proj.lora_B.weight": (64, 8)}
+
+
+def make_checkpoint(root: Path, step: int, complete: bool) -> Path:
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text("{}")
+    if complete:
+        (path / COMPLETE_MARKER).write_text(f"step {step}\n")
+    return path
+
+
+def test_newest_complete_checkpoint_wins_and_unfinished_ones_go(tmp_path: Path) -> None:
+    for step, complete in ((5, True), (10, True), (15, False), (100, False)):
+        make_checkpoint(tmp_path, step, complete)
+    assert latest_complete(tmp_path) == tmp_path / "checkpoint-10"  # by step, not by name: 100 > 15 > 10 > 5
+    assert remove_incomplete(tmp_path) == ["checkpoint-15", "checkpoint-100"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
+
+
+def test_no_checkpoint_directory_means_no_resume(tmp_path: Path) -> None:
+    assert latest_complete(tmp_path / "absent") is None
+    assert remove_incomplete(tmp_path / "absent") == []
+
+
+def write_adapter(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    return path
+
+
+def trained() -> dict[str, torch.Tensor]:
+    return {name: torch.ones(shape) for name, shape in EXPECTED.items()}
+
+
+def test_a_complete_trained_adapter_passes(tmp_path: Path) -> None:
+    verify_adapter(write_adapter(tmp_path, trained()), EXPECTED, trained=True)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "says"),
+    [
+        ({"model.layers.0.q_proj.lora_A.weight": torch.ones(8, 64)}, "lacks 1 of 2"),
+        ({**trained(), "model.layers.0.q_proj.lora_B.weight": torch.ones(32, 8)}, "a shard instead of the full"),
+        ({**trained(), "model.layers.0.q_proj.lora_B.weight": torch.zeros(64, 8)}, "is zero after training"),
+    ],
+    ids=["missing-weight", "rank-0-shard", "untrained-lora-B"],
+)
+def test_a_broken_adapter_fails_loudly(tmp_path: Path, tensors: dict[str, torch.Tensor], says: str) -> None:
+    with pytest.raises(RuntimeError, match=says):
+        verify_adapter(write_adapter(tmp_path, tensors), EXPECTED, trained=True)
+
+
+def test_an_adapter_that_was_never_written_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="was not written"):
+        verify_adapter(tmp_path, EXPECTED, trained=True)

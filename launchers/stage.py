@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class Stage:
             record_attempt(context.run_dir, self.name, str(job.job_id), node)
         module, _, function = STAGE_JOBS[self.name].partition(":")
         result = getattr(importlib.import_module(module), function)(self.recipe, self.plan, context)
+        leave_process_group()
         # The work is done: a time-limit warning arriving now (a job that ends in its last minutes) must neither
         # requeue it nor kill the process while submitit writes the result.
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -67,6 +69,16 @@ class Stage:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self) if self.requeue else None
+
+
+def leave_process_group() -> None:
+    """Every rank waits for the others, then torch.distributed is torn down in order. Left to interpreter exit,
+    gloo's threads can abort a rank whose work is done ("terminate called without an active exception"), and SLURM
+    marks the whole job FAILED."""
+    dist = sys.modules.get("torch.distributed")  # a stage that never imported torch has nothing to tear down
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def record_attempt(run_dir: Path, stage: str, job_id: str, node: str) -> None:

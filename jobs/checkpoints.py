@@ -5,9 +5,9 @@ partial directory that "the newest checkpoint" would pick up. So after every sav
 rank 0 verifies what was written and only then drops a `.complete` marker in it. Resume reads the newest marked
 checkpoint and removes unmarked ones.
 
-Adapter verification (LoRA/QLoRA): the file is there, it holds every LoRA weight the model trains, at its full
-(unsharded) shape, and lora_B is not all zero once an optimizer step has run — upstream has shipped empty or
-rank-0-only adapters under ZeRO-3/FSDP more than once.
+Adapter verification (LoRA/QLoRA): the file (under FSDP: the sharded model directory) is there, it holds every
+LoRA weight the model trains, at its full (unsharded) shape, and lora_B is not all zero once an optimizer step has
+run — upstream has shipped empty or rank-0-only adapters under ZeRO-3/FSDP more than once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from jobs.fsdp_state import describe_checkpoint, load_sharded, sharded_model
 from launchers.rundir import COMPLETE_MARKER
 
 _STEP = re.compile(r"^checkpoint-(\d+)$")
@@ -59,15 +60,23 @@ def expected_adapter_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def verify_adapter(path: Path, expected: dict[str, tuple[int, ...]], trained: bool) -> None:
-    """Raise if the adapter at `path` is missing, incomplete, sharded or (after training) still all-zero."""
+def saved_adapter(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The adapter a checkpoint holds, by PEFT's names: adapter_model.safetensors, or under FSDP's sharded state
+    dict (where the Trainer writes no adapter file) the LoRA weights of its sharded model directory."""
     from safetensors import safe_open
 
     weights = path / "adapter_model.safetensors"
+    if not weights.exists() and (sharded := sharded_model(path)) is not None:
+        return sharded, {key: t for key, t in load_sharded(sharded).items() if "lora_" in key}
     if not weights.exists():
         raise RuntimeError(f"adapter check: {weights} was not written")
     with safe_open(str(weights), framework="pt") as handle:
-        saved = {key: handle.get_tensor(key) for key in handle.keys()}
+        return weights, {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def verify_adapter(path: Path, expected: dict[str, tuple[int, ...]], trained: bool) -> None:
+    """Raise if the adapter at `path` is missing, incomplete, sharded or (after training) still all-zero."""
+    weights, saved = saved_adapter(path)
     missing = sorted(set(expected) - set(saved))
     if missing or not saved:
         raise RuntimeError(f"adapter check: {weights} lacks {len(missing)} of {len(expected)} LoRA weights, "
@@ -92,6 +101,8 @@ class CompleteCheckpoints(TrainerCallback):
         if not state.is_world_process_zero:
             return
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if sharded_model(path) is not None:
+            describe_checkpoint(path, kwargs["model"], kwargs.get("processing_class"))
         if self.expected_adapter is not None:
             verify_adapter(path, self.expected_adapter, trained=state.global_step > 0)
         (path / COMPLETE_MARKER).write_text(f"step {state.global_step}\n")

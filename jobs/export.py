@@ -18,7 +18,8 @@ LoRA/QLoRA adapters are merged by `jobs.merge` (streaming, shard by shard) into 
 one: <run>/base for random-init recipes, the local directory or hub snapshot of model.name_or_path otherwise, or
 (export.base, --base) another base of the same architecture and tensor shapes — checked tensor by tensor first. A
 full fine-tune's model is copied the same streaming way (cast when export.dtype is set), or consolidated from
-DeepSpeed's ZeRO-3 shards when it was saved without the 16-bit gather (jobs.consolidate). A version is assembled in
+DeepSpeed's ZeRO-3 shards when it was saved without the 16-bit gather (jobs.consolidate). An FSDP checkpoint
+(per-rank shards) is first made whole (jobs.fsdp_state), then exported like any other. A version is assembled in
 a hidden directory and renamed into place when whole: a killed export leaves no vN (its leftovers are removed by
 the next export on the same host). The result is recorded on the run's MLflow parent run (path, bytes, sha256).
 
@@ -50,6 +51,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.
                  "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]
 _VERSION = re.compile(r"^v(\d+)$")
+CONSOLIDATED = ".consolidated"  # inside a version being written: an FSDP checkpoint made whole, removed at the end
 _PARTIAL = re.compile(r"^\.v\d+\.partial-(?P<host>.+)-(?P<pid>\d+)$")
 
 
@@ -166,6 +168,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _write_version(run: RunDir, recipe: Recipe, source: Path, staging: Path) -> dict[str, dict[str, Any]]:
+    from jobs.fsdp_state import consolidate_checkpoint, sharded_model
     from jobs.merge import merge_adapter
     from jobs.model_card import model_card
     from jobs.tracking import model_manifest
@@ -178,6 +181,10 @@ def _write_version(run: RunDir, recipe: Recipe, source: Path, staging: Path) -> 
         "step": metrics.get("step"), "export_command": export_command(run, recipe),
         "adapter_weight": spec.adapter_weight,
     }
+    if sharded_model(source) is not None:  # an FSDP checkpoint: per-rank shards, configs and tokenizer
+        print(f"[export] consolidating the FSDP shards of {source}", flush=True)
+        consolidate_checkpoint(source, staging / CONSOLIDATED)
+        source = staging / CONSOLIDATED
     written: list[str] = []
     if recipe.method.lora is not None:
         adapter = staging / "adapter"
@@ -226,6 +233,7 @@ def _write_version(run: RunDir, recipe: Recipe, source: Path, staging: Path) -> 
         path = write_gguf(staging / "model", staging / "gguf" / f"{recipe.model_name}-{spec.gguf}.gguf", spec.gguf)
         print(f"[export] GGUF ({spec.gguf}) for llama.cpp: {path.name}", flush=True)
         written.append("gguf")
+    shutil.rmtree(staging / CONSOLIDATED, ignore_errors=True)
     out: dict[str, dict[str, Any]] = {}
     for name in written:
         manifest = model_manifest(staging / name)

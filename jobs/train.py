@@ -32,6 +32,7 @@ from trl import SFTConfig, SFTTrainer
 from jobs.checkpoints import CompleteCheckpoints, expected_adapter_shapes, latest_complete, remove_incomplete
 from jobs.context import RankContext
 from jobs.flops import flops_per_token, mfu, peak_flops
+from jobs.fsdp_state import save_final_model
 from jobs.model import base_model_path, load_model, load_tokenizer, peft_config
 from jobs.prepare import ensure_prepared, load_prepared, read_report
 from jobs.tracking import Tracker
@@ -174,7 +175,7 @@ def train(recipe: Recipe, plan: Plan, context: RankContext) -> str:
             if resume is not None:
                 print(f"[train] resuming from {resume.name}", flush=True)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        trainer.save_model(str(run.final))
+        save_final_model(trainer, run.final, context)
         if context.is_main:
             tokenizer.save_pretrained(str(run.final))
             write_atomic(run.final / COMPLETE_MARKER, f"{recipe.name} step {trainer.state.global_step}\n")

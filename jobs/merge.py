@@ -403,6 +403,7 @@ def check_transfer(trained_on: Path, target: Path) -> None:
     (the seed moved a StarCoder LoRA onto OctoCoder): the first difference is named."""
     configs = [json.loads((Path(d) / "config.json").read_text(encoding="utf-8")) if (Path(d) / "config.json").is_file()
                else {} for d in (trained_on, target)]
+    _check_config_not_quantized(target, configs[1])
     for key in ("model_type", "architectures"):
         if configs[0].get(key) != configs[1].get(key):
             raise ValueError(f"base {target} is {key} {configs[1].get(key)!r}, the adapter was trained on "
@@ -419,11 +420,15 @@ def check_transfer(trained_on: Path, target: Path) -> None:
         raise ValueError(f"base {target} has a tensor {extra} that the adapter's base lacks: not the same architecture")
 
 
-def _check_not_quantized(base_dir: Path, config: dict[str, Any], shards: list[_Shard]) -> None:
+def _check_config_not_quantized(base_dir: Path, config: dict[str, Any]) -> None:
     quantization = config.get("quantization_config")
     if quantization:
         method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
         raise ValueError(f"base {base_dir}: config.json has a quantization_config ({method}): {NOT_4BIT}")
+
+
+def _check_not_quantized(base_dir: Path, config: dict[str, Any], shards: list[_Shard]) -> None:
+    _check_config_not_quantized(base_dir, config)
     for shard in shards:
         for entry in shard.entries:
             if entry.name.endswith(_BNB_SUFFIXES) or any(part in entry.name for part in _BNB_PARTS):

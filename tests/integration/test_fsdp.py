@@ -3,7 +3,8 @@
 Stock accelerate runs an FSDP config as plain DDP on CPU; a test-only shim (tests/shims/fsdp_on_cpu, put on every
 rank's PYTHONPATH) lifts that. The train job is unchanged and itself refuses to run anything but FSDP when the recipe
 asks for it; the tests also read the distributed type it reports. Intermediate checkpoints are sharded
-(SHARDED_STATE_DICT); the final model or adapter is the full one, equal to the last checkpoint's shards.
+(SHARDED_STATE_DICT); the final model or adapter is the full one, equal to the last checkpoint's shards, and an
+exported checkpoint equals what accelerate's own merge-weights makes of it.
 
     .venv/bin/python -m pytest tests/integration/test_fsdp.py -q
 """
@@ -67,6 +68,13 @@ def test_fsdp_full_fine_tune_saves_the_whole_model(tmp_path: Path) -> None:
     exported = export_checkpoint(tmp_path, 15) / "model"
     assert_same(exported / "model.safetensors", shards(run, 15))
     assert AutoModelForCausalLM.from_pretrained(exported).num_parameters() > 0
+
+    from accelerate.utils import merge_fsdp_weights  # the reference tool (`accelerate merge-weights`)
+    from safetensors.torch import load_file
+
+    merge_fsdp_weights(str(sharded_model(run / "checkpoints" / "checkpoint-15")), str(tmp_path / "reference"),
+                       safe_serialization=True)
+    assert_same(exported / "model.safetensors", load_file(tmp_path / "reference" / "model.safetensors"))
 
 
 def test_fsdp_qlora_saves_a_verified_adapter(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,6 +176,15 @@ def test_an_adapter_transfers_to_a_base_of_the_same_shapes(tmp_path: Path, launc
     assert line.endswith("model.layers.0.mlp.down_proj.weight is [128, 768], [128, 384] in the base the adapter was "
                          "trained on: transfer needs identical shapes")
     assert [p.name for p in versions(run)] == ["v1"], "nothing written for a refused transfer"
+
+    four_bit = tmp_path / "sibling-4bit"
+    shutil.copytree(sibling, four_bit)
+    config_path = four_bit / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
+                                       "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    line = assert_one_error_line(launch("export", "r1", "--base", str(four_bit)))
+    assert line.endswith("merge into the original 16-bit weights, not the 4-bit base"), line
+    assert [p.name for p in versions(run)] == ["v1"]
 
 
 def test_a_transfer_to_another_architecture_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ Corpus: the Python standard library's .py files, then the venv's site-packages s
 Each measurement runs in a fresh process with RAYON_NUM_THREADS set (the tokenizer's thread pool), so 1 and 2
 threads are compared on equal terms. Rows:
 
-  raw     batched tokenization only, straight through the Rust tokenizer (the floor: the work is tokenizer-bound)
+  raw     batched tokenization only, ids without offsets, straight through the Rust tokenizer (the floor)
+  offsets the same with character offsets computed, as a transformers tokenizer call does
   seed    a loop in the style of the seed's ConstantLengthDataset: fill a character buffer, tokenize it (through
           transformers, as the seed did), token-level FIM per document, join with EOS, cut constant-length chunks
   ours    jobs.prepare.build_cache: read files, tokenize, FIM, pack, write the Arrow cache
@@ -75,16 +76,18 @@ def child(mode: str, corpus: Path) -> dict[str, float]:
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(corpus.iterdir())]
     started = time.perf_counter()
     cpu = time.process_time()
-    tokens = run_raw(texts, tokenizer) if mode == "raw" else run_seed_loop(texts, tokenizer)
+    tokens = run_seed_loop(texts, tokenizer) if mode == "seed" else run_raw(texts, tokenizer, mode == "offsets")
     return {"tokens": tokens, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu}
 
 
-def run_raw(texts: list[str], tokenizer: object) -> int:
-    """The floor: the Rust tokenizer's batch encoding, ids only."""
+def run_raw(texts: list[str], tokenizer: object, offsets: bool = False) -> int:
+    """The floor: the Rust tokenizer's batch encoding, ids only (no character offsets, as the prepare stage);
+    with `offsets`, the batch encoding a transformers tokenizer call runs (offsets computed too)."""
     backend = tokenizer.backend_tokenizer  # type: ignore[attr-defined]
+    encode = backend.encode_batch if offsets else backend.encode_batch_fast
     total = 0
     for start in range(0, len(texts), 1000):
-        total += sum(len(e.ids) for e in backend.encode_batch(texts[start:start + 1000], add_special_tokens=False))
+        total += sum(len(e.ids) for e in encode(texts[start:start + 1000], add_special_tokens=False))
     return total
 
 
@@ -145,17 +148,17 @@ def main() -> None:
               f"(2048 tokens); seq {SEQ_LENGTH}; FIM rate {FIM_RATE}; median of {args.repeats}\n")
         results: dict[tuple[str, int], dict[str, float]] = {}
         for threads in (1, 2):
-            for mode in ("raw", "seed", "ours"):
+            for mode in ("raw", "offsets", "seed", "ours"):
                 runs = [measure(mode, corpus, threads) for _ in range(args.repeats)]
                 seconds = statistics.median(r["seconds"] for r in runs)
                 results[mode, threads] = {"tokens": runs[0]["tokens"], "seconds": seconds,
                                           "cpu": statistics.median(r["cpu"] for r in runs)}
-        print(f"{'mode':6} {'threads':>7} {'Mtokens':>8} {'seconds':>8} {'Mtok/s':>7} {'vs raw':>7} {'vs seed':>8}")
+        print(f"{'mode':7} {'threads':>7} {'Mtokens':>8} {'seconds':>8} {'Mtok/s':>7} {'vs raw':>7} {'vs seed':>8}")
         for (mode, threads), r in results.items():
             rate = r["tokens"] / r["seconds"]
             raw = results["raw", threads]["tokens"] / results["raw", threads]["seconds"]
             seed = results["seed", threads]["tokens"] / results["seed", threads]["seconds"]
-            print(f"{mode:6} {threads:>7} {r['tokens'] / 1e6:>8.2f} {r['seconds']:>8.2f} {rate / 1e6:>7.2f} "
+            print(f"{mode:7} {threads:>7} {r['tokens'] / 1e6:>8.2f} {r['seconds']:>8.2f} {rate / 1e6:>7.2f} "
                   f"{rate / raw:>7.2f} {rate / seed:>8.2f}")
         one, two = results["ours", 1]["seconds"], results["ours", 2]["seconds"]
         parallel = min(1.0, max(0.0, 2 * (1 - two / one)))  # Amdahl: t2 = t1 (1 - p + p/2)

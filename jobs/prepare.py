@@ -254,7 +254,8 @@ class TextEncoder:
         self.backend.encode_special_tokens = True
 
     def many(self, texts: list[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast: the same ids without character offsets, ~1.4x faster here
+        return [encoding.ids for encoding in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
 
     def one(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids

@@ -29,7 +29,6 @@ from jobs.context import RankContext
 
 SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"  # what accelerate's save_fsdp_model writes for the first model
 SHARDS_STAGING = ".fsdp-shards"
-SIDE_SUFFIXES = {".json", ".jinja", ".txt", ".model"}  # configs and tokenizer files a checkpoint carries
 
 
 def load_sharded(directory: Path) -> dict[str, torch.Tensor]:
@@ -93,6 +92,8 @@ def consolidate_checkpoint(checkpoint: Path, out: Path) -> None:
     the full tensors in one safetensors file, and the checkpoint's config and tokenizer files."""
     from safetensors.torch import save_file
 
+    from jobs.merge import CONFIG_FILES, TOKENIZER_FILES
+
     sharded = sharded_model(checkpoint)
     if sharded is None:
         raise ValueError(f"{checkpoint} holds no FSDP sharded model ({SHARDED_MODEL_DIR}/)")
@@ -101,6 +102,6 @@ def consolidate_checkpoint(checkpoint: Path, out: Path) -> None:
     tensors = {key: t.contiguous() for key, t in load_sharded(sharded).items()}
     save_file(tensors, str(out / ("adapter_model.safetensors" if is_adapter else "model.safetensors")),
               metadata={"format": "pt"})
-    for side in checkpoint.iterdir():
-        if side.is_file() and side.suffix in SIDE_SUFFIXES and side.name != "trainer_state.json":
-            shutil.copyfile(side, out / side.name)
+    for name in ("adapter_config.json", *CONFIG_FILES, *TOKENIZER_FILES):
+        if (checkpoint / name).is_file():
+            shutil.copyfile(checkpoint / name, out / name)

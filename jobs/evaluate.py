@@ -2,8 +2,11 @@
 
     launch eval RUN [--model merged|adapter|base] [--n 20 --temperature 0.2 --k 1,10]   # or chained after export
 
-On eval.ranks ranks of one node (default: a rank per GPU, 1 on CPU) each rank loads the model and generates every
-world-th prompt; rank 0 gathers the completions (gloo), runs the sandbox, the held-out loss and the logging.
+On eval.ranks ranks of one node (default: a rank per GPU, 1 on CPU) each rank generates every world-th prompt of
+HumanEval and of the FIM eval, in one go; rank 0 gathers the completions (gloo), runs the sandbox, the held-out loss
+and the logging. What generates is eval.engine: transformers in this process (jobs.generation), or vLLM in a child
+process on the rank's GPU (jobs.vllm_engine; `auto` takes it where vLLM is installed and CUDA is there), after which
+rank 0 loads the model with transformers for the held-out loss.
 
 What the recipe's `eval` section asks for, on one model (eval.model):
     merged   the newest export's model/ (full fine-tunes without an export: final/; LoRA without one: as adapter)
@@ -19,8 +22,9 @@ Measured, each skipped when its setting is 0/false:
     held-out   loss and perplexity on the prepared eval split, for this model and the base:
                eval/heldout_loss, eval/heldout_perplexity, eval/base_heldout_loss, eval/base_heldout_perplexity
 
-Results go to <run>/eval/<model>-<timestamp>/ (results.json + the per-item files, never overwritten) and to the eval
-stage's MLflow run (metrics at step 0, the files as artifacts). MLflow metric names cannot hold "@", hence pass_at_1.
+Results go to <run>/eval/<model>-<timestamp>/ (results.json — with the engine and generation_seconds, vLLM's engine
+start included — and the per-item files, never overwritten) and to the eval stage's MLflow run (metrics at step 0,
+the files as artifacts). MLflow metric names cannot hold "@", hence pass_at_1.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from jobs.context import RankContext
-from jobs.generation import GenerationSettings, generate
+from jobs.fim_eval import fim_prompt
+from jobs.generation import Engine, GenerationRequest, GenerationSettings, TransformersEngine, engine_name
 from jobs.humaneval import STOP_SEQUENCES
+from jobs.run_models import RunModel, choose_run_model, load_chosen, load_run_model
 from launchers.plan import Plan
 from launchers.recipe.schema import EvalSpec, Recipe
 from launchers.rundir import RunDir, timestamp, write_atomic
@@ -59,47 +65,77 @@ def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Pat
     """(results directory, metrics) on rank 0; (None, {}) on the other ranks, which only generate."""
     from jobs.humaneval import load_problems
     from jobs.model import load_tokenizer
-    from jobs.run_models import load_run_model
 
     spec = recipe.eval
+    engine_wanted = engine_name(spec.engine)  # an explicit vllm where it is not installed fails here, first
     _join_ranks(context)
     out = run.path / EVAL_DIR / f"{spec.model}-{timestamp()}"
+    tokenizer = load_tokenizer(recipe)
+    problems = load_problems()[:spec.humaneval_problems] if spec.humaneval_problems != 0 else []
+    examples = fim_examples_for(tokenizer, spec, recipe.training.seed, context) if spec.fim_samples else []
+    requests = []
+    if problems:
+        requests.append(GenerationRequest([p.prompt for p in problems], GenerationSettings(
+            max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, samples=spec.samples,
+            batch_size=spec.batch_size, stop=STOP_SEQUENCES, seed=recipe.training.seed + context.rank)))
+    if examples:
+        requests.append(GenerationRequest([fim_prompt(e, tokenizer) for e in examples], GenerationSettings(
+            max_new_tokens=spec.fim_max_new_tokens, batch_size=spec.batch_size, seed=recipe.training.seed)))
+    chosen = choose_run_model(run, recipe, spec.model)
+    engine, model = choose_engine(engine_wanted, chosen, recipe, tokenizer, context)
+    described = chosen.described
     if context.is_main:
         out.mkdir(parents=True, exist_ok=False)
-    tokenizer = load_tokenizer(recipe)
-    model, described = load_run_model(run, recipe, spec.model, context)
-    if context.is_main:
-        print(f"[eval] {recipe.name}: evaluating {described} on {context.world_size} rank(s)", flush=True)
-    metrics: dict[str, float] = {}
-    started = time.monotonic()
-    if spec.humaneval_problems != 0:
-        problems = load_problems()[:spec.humaneval_problems]
-        settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
-                                      samples=spec.samples, batch_size=spec.batch_size, stop=STOP_SEQUENCES,
-                                      seed=recipe.training.seed + context.rank)
-        if context.is_main:
+        print(f"[eval] {recipe.name}: evaluating {described} on {context.world_size} rank(s), generating with "
+              f"{engine.name}", flush=True)
+        if problems:
             print(f"[eval] HumanEval: {len(problems)} problems × {spec.samples} samples", flush=True)
-        completions = generate_split(model, tokenizer, [p.prompt for p in problems], settings, context)
-        if completions is not None:
-            metrics |= score_humaneval(problems, completions, spec, out)
-    if spec.fim_samples:
-        metrics |= fim(model, tokenizer, spec, out, recipe.training.seed, context)
-    if not context.is_main:
+        if examples:
+            print(f"[eval] FIM: {len(examples)} masked spans", flush=True)
+    started = time.monotonic()
+    completions = generate_split(engine, requests, context)
+    generation_s = time.monotonic() - started
+    if completions is None:
         return None, {}
+    metrics: dict[str, float] = {}
+    if problems:
+        metrics |= score_humaneval(problems, completions.pop(0), spec, out)
+    if examples:
+        metrics |= score_fim_examples(examples, completions.pop(0), out)
     rows = heldout_rows(recipe, context) if spec.heldout else None
     if rows is not None:
+        if model is None:  # vLLM generated in its own process: the model itself, once, for the loss
+            model, _ = load_chosen(chosen, recipe, context)
         metrics |= heldout_metrics(model, rows, spec.batch_size)
         if spec.model != "base":  # the same data through the model before training, one model in memory at a time
             del model
             base, _ = load_run_model(run, recipe, "base", context)
             metrics |= heldout_metrics(base, rows, spec.batch_size, "base_")
-    record = {"model": spec.model, "evaluated": described, "ranks": context.world_size,
+    record = {"model": spec.model, "evaluated": described, "ranks": context.world_size, "engine": engine.name,
               "settings": spec.model_dump(mode="json"), "metrics": metrics,
-              "seconds": round(time.monotonic() - started, 1)}
+              "generation_seconds": round(generation_s, 1), "seconds": round(time.monotonic() - started, 1)}
     write_atomic(out / "results.json", json.dumps(record, indent=2) + "\n")
     for name, value in metrics.items():
         print(f"[eval] {name} = {value:.4f}", flush=True)
     return out, metrics
+
+
+def choose_engine(wanted: str, chosen: RunModel, recipe: Recipe, tokenizer: Any,
+            context: RankContext) -> tuple[Engine, Any]:
+    """(the engine, the model when it was loaded in this process). What vLLM cannot serve as trained is generated
+    with transformers when the engine was left to `auto`, and an error when vllm was asked for."""
+    if wanted == "vllm":
+        from jobs.vllm_engine import VllmEngine, unsupported
+
+        reason = unsupported(chosen, recipe)
+        if reason is None:
+            return VllmEngine(chosen, recipe, tokenizer, context), None
+        if recipe.eval.engine == "vllm":
+            raise RuntimeError(f"eval.engine=vllm: {reason}; set eval.engine=transformers (or auto)")
+        if context.is_main:
+            print(f"[eval] generating with transformers: {reason}", flush=True)
+    model, _ = load_chosen(chosen, recipe, context)
+    return TransformersEngine(model, tokenizer), model
 
 
 def _join_ranks(context: RankContext) -> None:
@@ -110,21 +146,24 @@ def _join_ranks(context: RankContext) -> None:
         dist.init_process_group("gloo")
 
 
-def generate_split(model: Any, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings,
-                   context: RankContext) -> list[list[str]] | None:
-    """Rank r generates prompts[r::world]; rank 0 gets every completion, in prompt order; the others None."""
-    mine = generate(model, tokenizer, list(prompts[context.rank::context.world_size]), settings)
-    if context.world_size == 1:
+def generate_split(engine: Engine, requests: Sequence[GenerationRequest],
+                   context: RankContext) -> list[list[list[str]]] | None:
+    """Rank r generates every request's prompts[r::world]; rank 0 gets every completion of every request, in prompt
+    order; the other ranks None."""
+    world = context.world_size
+    mine = engine.generate([GenerationRequest(r.prompts[context.rank::world], r.settings) for r in requests])
+    if world == 1:
         return mine
     import torch.distributed as dist
 
-    parts: list[Any] | None = [None] * context.world_size if context.is_main else None
+    parts: list[Any] | None = [None] * world if context.is_main else None
     dist.gather_object(mine, parts, dst=0)
     if parts is None:
         return None
-    merged: list[list[str]] = [[] for _ in prompts]
+    merged: list[list[list[str]]] = [[[] for _ in r.prompts] for r in requests]
     for rank, part in enumerate(parts):
-        merged[rank::context.world_size] = part
+        for index, completions in enumerate(part):
+            merged[index][rank::world] = completions
     return merged
 
 
@@ -154,24 +193,23 @@ def score_humaneval(problems: Sequence[Any], completions: Sequence[Sequence[str]
             for name, value in score(results, spec.k).items()}
 
 
-def fim(model: Any, tokenizer: Any, spec: EvalSpec, out: Path, seed: int, context: RankContext) -> dict[str, float]:
+def fim_examples_for(tokenizer: Any, spec: EvalSpec, seed: int, context: RankContext) -> list[Any]:
+    """The masked spans to ask for; none when the tokenizer has no FIM sentinels (said once, by rank 0)."""
     from jobs.fim import fim_tokens
-    from jobs.fim_eval import code_documents, fim_examples, fim_prompt, score_fim
+    from jobs.fim_eval import code_documents, fim_examples
 
     try:
         fim_tokens(tokenizer)
     except ValueError:
         if context.is_main:
             print("[eval] FIM: skipped, the tokenizer has no FIM sentinels", flush=True)
-        return {}
-    examples = fim_examples(code_documents(spec.fim_source), spec.fim_samples, seed)
-    if context.is_main:
-        print(f"[eval] FIM: {len(examples)} masked spans", flush=True)
-    settings = GenerationSettings(max_new_tokens=spec.fim_max_new_tokens, samples=1, batch_size=spec.batch_size,
-                                  seed=seed)
-    completions = generate_split(model, tokenizer, [fim_prompt(e, tokenizer) for e in examples], settings, context)
-    if completions is None:
-        return {}
+        return []
+    return fim_examples(code_documents(spec.fim_source), spec.fim_samples, seed)
+
+
+def score_fim_examples(examples: Sequence[Any], completions: Sequence[Sequence[str]], out: Path) -> dict[str, float]:
+    from jobs.fim_eval import score_fim
+
     metrics, rows = score_fim(examples, [c[0] for c in completions])
     _write_jsonl(out / "fim.jsonl", rows)
     return metrics

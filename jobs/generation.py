@@ -1,8 +1,12 @@
-"""Batched generation with transformers: left padding, stop sequences, n samples per prompt, reproducible.
+"""Batched generation with transformers: left padding, stop sequences, n samples per prompt, reproducible; and the
+seam the eval stage generates through, whichever engine does the work.
 
     from jobs.generation import GenerationSettings, generate
     texts = generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=256, temperature=0.2, samples=20,
                      stop=STOP_SEQUENCES))      # texts[i] holds the `samples` completions of prompts[i]
+
+    engine = TransformersEngine(model, tokenizer)          # or jobs.vllm_engine.VllmEngine (GPU, own process)
+    humaneval, fim = engine.generate([GenerationRequest(prompts, settings), GenerationRequest(fim_prompts, greedy)])
 
 Prompts are sorted by length and batched (`batch_size` sequences at a time, samples included), so padding stays
 small; a sequence stops at its first stop sequence (transformers' stop_strings) or at max_new_tokens, and the
@@ -12,10 +16,11 @@ meaningful count). A progress line goes to stdout every `progress_every_s` secon
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -25,11 +30,54 @@ class GenerationSettings:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 0.95
+    top_k: int = 0  # 0: off (nucleus sampling alone, as HumanEval's sampling is reported); the same in both engines
     samples: int = 1
     batch_size: int = 8
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 0
     progress_every_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Prompts that share their settings (HumanEval's, or the FIM eval's)."""
+    prompts: Sequence[str]
+    settings: GenerationSettings
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[list[str]]]:
+        """For each request, `settings.samples` completions of every prompt, in prompt order."""
+        ...
+
+
+class TransformersEngine:
+    """`generate` below, on a model loaded in this process."""
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[list[str]]]:
+        return [generate(self.model, self.tokenizer, r.prompts, r.settings) for r in requests]
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def engine_name(requested: str) -> str:
+    """transformers or vllm: `auto` is vLLM when it is installed and a GPU is there. An explicit `vllm` without vLLM
+    installed is an error here, before any model is loaded."""
+    installed = vllm_installed()
+    if requested == "vllm" and not installed:
+        raise RuntimeError("eval.engine=vllm: vLLM is not installed here (pip install vllm on the GPU nodes, or set "
+                           "eval.engine=auto or transformers)")
+    if requested == "auto":
+        return "vllm" if installed and torch.cuda.is_available() else "transformers"
+    return requested
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -62,7 +110,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], settings: Gener
             kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": sampling,
                                       "pad_token_id": tokenizer.pad_token_id}
             if sampling:
-                kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+                kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
             if settings.stop:
                 kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
             output = model.generate(**encoded, **kwargs)

@@ -25,12 +25,16 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 WAIT_FOR_BASE_S = 600
 
 
-def load_tokenizer(recipe: Recipe) -> Any:
+def tokenizer_source(recipe: Recipe) -> tuple[str, str | None]:
+    """Where the recipe's tokenizer comes from: (directory or hub id, revision)."""
     source = recipe.model.tokenizer or recipe.model.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=recipe.model.revision if source == recipe.model.name_or_path else None,
-        trust_remote_code=recipe.model.trust_remote_code,
-    )
+    return source, recipe.model.revision if source == recipe.model.name_or_path else None
+
+
+def load_tokenizer(recipe: Recipe) -> Any:
+    source, revision = tokenizer_source(recipe)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision,
+                                              trust_remote_code=recipe.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # as the seeds do for StarCoder and Llama
     return tokenizer

@@ -54,6 +54,7 @@ usage:
                     [--format gguf [--quant f16|q8_0|q4_0]]
                                               a new export version: merged model + adapter, model card, MLflow
   launch eval RUN [--model merged|adapter|base] [--n 20 --temperature 0.2 --k 1,10] [--problems N]
+                  [--engine auto|transformers|vllm]
                                               HumanEval pass@k (sandboxed), FIM, held-out loss, logged to MLflow
   launch generate RUN --prompt TEXT|--file F|--fim-prefix P [--fim-suffix S] [--model M] [--adapter-weight W]
                                               stream a completion from the run's model, here

@@ -127,6 +127,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
     parser.add_argument("--problems", metavar="N", help="the first N HumanEval problems (default: all 164; 0 skips)")
     parser.add_argument("--ranks", metavar="N", help="split the generation over N ranks of one node (default: a rank "
                         "per GPU of the recipe's nodes, 1 on CPU)")
+    parser.add_argument("--engine", metavar="NAME", help="what generates: auto (default: vLLM where it is installed "
+                        "and a GPU is there), transformers or vllm")
     parser.add_argument("--allow-unsandboxed", action="store_true",
                         help="where namespaces are unavailable, run model-written code with rlimits only")
     runs_arguments(parser)
@@ -136,8 +138,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
     flags = {f"eval.{key}={f'[{value}]' if key == 'k' else value}": f"flag --{flag} {value}" for key, flag, value in (
         ("model", "model", args.model), ("samples", "n", args.n), ("temperature", "temperature", args.temperature),
-        ("k", "k", args.k), ("humaneval_problems", "problems", args.problems), ("ranks", "ranks", args.ranks))
-        if value is not None}
+        ("k", "k", args.k), ("humaneval_problems", "problems", args.problems), ("ranks", "ranks", args.ranks),
+        ("engine", "engine", args.engine)) if value is not None}
     if args.allow_unsandboxed:
         flags["eval.allow_unsandboxed=true"] = "flag --allow-unsandboxed"
     run, record = idle_run(args.run, args.runs_dir)

@@ -319,6 +319,11 @@ class EvalSpec(Section):
     heldout: bool = Field(True, description="loss and perplexity on the recipe's eval split, this model and the base")
     ranks: PositiveInt | None = Field(None, description="ranks on one node that split the generation (default: the "
                                       "recipe's GPUs per node, 1 on CPU)")
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="what generates: auto (vLLM where it is installed and a GPU is there, else "
+        "transformers), transformers, or vllm (each rank its own engine on its GPU)")
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.85, description="engine vllm: the fraction of its GPU's memory the engine may take (weights + KV cache)")
 
     @model_validator(mode="after")
     def _k_within_samples(self) -> EvalSpec:

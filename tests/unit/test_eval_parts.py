@@ -106,6 +106,8 @@ def test_fim_scores_oracle_wrong_and_per_file_type() -> None:
         (["--model", "best"], "flag --model best: eval.model: Input should be 'merged', 'adapter' or 'base'"),
         (["--temperature", "-1"], "flag --temperature -1: eval.temperature: Input should be greater than or equal"),
         (["eval.humaneval_problems=many"], "eval.humaneval_problems: Input should be a valid integer"),
+        (["--engine", "tgi"], "flag --engine tgi: eval.engine: Input should be 'auto', 'transformers' or 'vllm'"),
+        (["eval.vllm_gpu_memory_utilization=1.5"], "eval.vllm_gpu_memory_utilization: Input should be less than"),
     ],
 )
 def test_bad_eval_requests_exit_2(tmp_path: Path, launch: Callable[..., CliResult], args: list[str],

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from jobs.merge import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, Adapter, Lora, load_adapter
+from launchers.recipe.schema import EQUAL_RANK_COMBINATIONS
 
 COMBINATIONS = ("linear", "svd", "cat", "ties", "dare_linear")
-EQUAL_RANKS = ("linear", "ties", "dare_linear")
 
 
 def mix_adapters(adapters: Sequence[tuple[Path, float]], combine: str, out_dir: Path,
@@ -53,7 +53,7 @@ def mix_adapters(adapters: Sequence[tuple[Path, float]], combine: str, out_dir: 
                              "modules_to_save and trained biases cannot be mixed")
     combine = "linear" if len(loaded) == 1 else combine  # as PEFT: one adapter is only scaled
     ranks = {path: _rank(adapter) for adapter, _, path in loaded}
-    if combine in EQUAL_RANKS and len(set(ranks.values())) > 1:
+    if combine in EQUAL_RANK_COMBINATIONS and len(set(ranks.values())) > 1:
         raise ValueError(f"combine {combine} needs adapters of equal rank, got "
                          f"{', '.join(f'{p}: r={r}' for p, r in ranks.items())}: use cat or svd")
     new_rank = sum(ranks.values()) if combine == "cat" else max(ranks.values())

@@ -48,6 +48,7 @@ def cmd_export(argv: Sequence[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     from jobs.export import export_source
     from launchers.recipe.load import resolve_saved
+    from launchers.recipe.schema import EQUAL_RANK_COMBINATIONS
 
     flags = {f"export.{key}={value}": f"flag --{flag} {value}" for key, flag, value in (
         ("checkpoint", "checkpoint", args.checkpoint), ("adapter_weight", "weight", args.weight),
@@ -56,8 +57,10 @@ def cmd_export(argv: Sequence[str]) -> int:
     if args.adapter_only:
         flags["export.merge=false"] = "flag --adapter-only"
     run, record = idle_run(args.run, args.runs_dir)
+    ranks: dict[str, int] = {}
     if args.adapters is not None:
-        flags[f"export.adapters={mix_mapping(run, args.adapters)}"] = f"flag --adapters {args.adapters}"
+        mapping, ranks = mix_mapping(run, args.adapters)
+        flags[f"export.adapters={mapping}"] = f"flag --adapters {args.adapters}"
     if args.quant is not None and args.format != "gguf":
         raise UserError(f"flag --quant {args.quant}: only with --format gguf")
     if args.format == "gguf":
@@ -66,6 +69,10 @@ def cmd_export(argv: Sequence[str]) -> int:
     for flag, given in (("--adapter-only", args.adapter_only), ("--base", args.base), ("--adapters", args.adapters)):
         if given and recipe.method.lora is None:
             raise UserError(f"flag {flag}: run {run.name} is a {recipe.method.kind} fine-tune, it has no adapter")
+    if recipe.export.combine in EQUAL_RANK_COMBINATIONS and len(set(ranks.values())) > 1:
+        given = ", ".join(f"{name}: r={rank}" for name, rank in ranks.items())
+        raise UserError(f"flag --combine {recipe.export.combine}: needs adapters of equal rank, got {given}: use cat "
+                        "or svd")
     if args.base and args.adapter_only:
         raise UserError("flags --base and --adapter-only: an adapter alone is not merged into any base")
     if recipe.export.base is not None:  # checked here too, before anything is submitted (reads shard headers only)
@@ -80,9 +87,9 @@ def cmd_export(argv: Sequence[str]) -> int:
     return start_again(run, record, ("export",), recipe, "exports")
 
 
-def mix_mapping(run: Any, text: str) -> str:
-    """--adapters copilot=0.5,team/assistant=0.5 → a YAML mapping of experiment/name: weight, each run checked to
-    exist with a complete final adapter of the same base as `run`."""
+def mix_mapping(run: Any, text: str) -> tuple[str, dict[str, int]]:
+    """--adapters copilot=0.5,team/assistant=0.5 → (a YAML mapping of experiment/name: weight, each run's LoRA rank),
+    each run checked to exist with a complete final adapter of the same base as `run`."""
     from launchers.recipe.load import resolve_saved
     from launchers.rundir import COMPLETE_MARKER
     from launchers.runs import find_run
@@ -98,7 +105,7 @@ def mix_mapping(run: Any, text: str) -> str:
             raise UserError(f"flag --adapters {text}: {item.strip()!r} is not RUN=WEIGHT (e.g. copilot=0.5)")
         pairs[name] = value
     base = resolve_saved(run.path / "recipe.yaml").recipe.model
-    resolved = {}
+    resolved, ranks = {}, {}
     for name, weight in pairs.items():
         other = find_run(run.root, name)
         recipe = resolve_saved(other.path / "recipe.yaml").recipe
@@ -108,7 +115,8 @@ def mix_mapping(run: Any, text: str) -> str:
             raise UserError(f"flag --adapters: run {name} trained on {recipe.model.name_or_path}, run {run.name} on "
                             f"{base.name_or_path}: adapters of different bases do not mix")
         resolved[f"{other.experiment}/{other.name}"] = weight
-    return json.dumps(resolved)
+        ranks[name] = recipe.method.lora.r
+    return json.dumps(resolved), ranks
 
 
 def cmd_eval(argv: Sequence[str]) -> int:

@@ -259,6 +259,11 @@ class ResourcesSpec(Section):
         return self.tasks_per_node or self.gpus_per_node or 1
 
 
+# export.combine modes that need adapters of one rank (checked at launch from the runs' recipes, and by jobs.mix
+# on the tensors themselves).
+EQUAL_RANK_COMBINATIONS = ("linear", "ties", "dare_linear")
+
+
 class ExportSpec(Section):
     """What the export stage writes; `launch export RUN` overrides it for one export (--checkpoint, --weight, ...)."""
 

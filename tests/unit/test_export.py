@@ -229,6 +229,19 @@ def test_export_mixes_runs_adapters(tmp_path: Path, launch: Callable[..., CliRes
     assert len(versions(run)) == 1
 
 
+def test_unequal_ranks_are_refused_at_launch_for_the_combinations_that_need_one(
+        tmp_path: Path, launch: Callable[..., CliResult]) -> None:
+    run, _ = make_run(tmp_path, "lora")
+    other, _ = make_run(tmp_path, "lora", "r2")
+    wider = resolve("lora", "tiny-llama", ["method.lora.r=16"]).recipe
+    (other.path / "recipe.yaml").write_text(wider.to_yaml(), encoding="utf-8")
+    for combine in ("linear", "ties"):
+        refused = launch("export", "r1", "--adapters", "r1=0.5,r2=0.5", "--combine", combine, "--density", "0.5")
+        assert (f"flag --combine {combine}: needs adapters of equal rank, got r1: r=8, r2: r=16: use cat or svd"
+                in assert_one_error_line(refused))
+    assert not versions(run) and not (run.path / "export").exists()
+
+
 def test_status_shows_the_newest_export_and_evaluation(tmp_path: Path) -> None:
     from launchers.runs import describe
 

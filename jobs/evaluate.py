@@ -56,6 +56,7 @@ def evaluate(recipe: Recipe, plan: Plan, context: RankContext) -> str:
         out, metrics = evaluate_run(run, recipe, context)
         if out is not None:
             tracker.log_metrics({f"eval/{name}": value for name, value in metrics.items()}, step=0)
+            tracker.set_tags({"clusterft.eval.engine": json.loads((out / "results.json").read_text())["engine"]})
             for path in sorted(out.iterdir()):
                 tracker.log_artifact(path, "results")
     return str(out or "")

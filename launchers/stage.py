@@ -1,8 +1,9 @@
 """The callable submitit runs on every rank: the seam between where a stage runs and what it does.
 
 It turns submitit's environment into torch.distributed variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
-derived from the job id) and a `jobs.context.RankContext`, records the attempt in <run>/attempts.jsonl (rank 0),
-then calls the job. The job module is imported here, on the node, so the launcher never imports torch.
+derived from the job id; every GPU of the node left visible, rank r on cuda:LOCAL_RANK) and a
+`jobs.context.RankContext`, records the attempt in <run>/attempts.jsonl (rank 0), then calls the job. The job
+module is imported here, on the node, so the launcher never imports torch.
 
 Preemption and time limits: a Stage is submitit-checkpointable. On SLURM's warning signal rank 0 requeues the same
 stage, which resumes from the newest complete checkpoint in the run directory (the train stage does not save on
@@ -35,6 +36,17 @@ STAGE_JOBS = {
 ATTEMPTS_FILE = "attempts.jsonl"
 
 
+def export_torch_distributed() -> Any:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from submitit's environment.
+
+    CUDA_VISIBLE_DEVICES stays as SLURM (or the local executor) set it, every GPU granted on the node: accelerate,
+    DeepSpeed and the jobs put rank r on cuda:LOCAL_RANK. submitit's default would narrow it to the rank's own GPU,
+    seen as cuda:0, and every rank but the first of a node would fail with "invalid device ordinal"."""
+    import submitit
+
+    return submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -46,7 +58,7 @@ class Stage:
     def __call__(self) -> Any:
         import submitit
 
-        env = submitit.helpers.TorchDistributedEnvironment().export()
+        env = export_torch_distributed()
         job = submitit.JobEnvironment()
         context = RankContext(
             run_dir=Path(self.run_dir), rank=env.rank, local_rank=env.local_rank, world_size=env.world_size,

@@ -89,7 +89,9 @@ def assert_chained_eval_logged(tmp_path: Path, run: Path, eval_run_id: str) -> N
     record = json.loads(results.read_text())
     assert record["evaluated"].startswith("merged model ") and record["evaluated"].endswith("export/v1/model")
     assert len((results.parent / "humaneval.jsonl").read_text().splitlines()) == 8
-    metrics = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(eval_run_id).data.metrics
+    logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(eval_run_id).data
+    metrics = logged.metrics
+    assert record["engine"] == logged.tags["clusterft.eval.engine"] == "transformers"  # auto, on a CPU
     for name in ("humaneval_pass_at_1", "fim_exact_match", "fim_edit_similarity", "heldout_loss", "base_heldout_loss"):
         assert metrics[f"eval/{name}"] == pytest.approx(record["metrics"][name])
     assert metrics["eval/heldout_loss"] < metrics["eval/base_heldout_loss"], "training lowered the held-out loss"

@@ -1,0 +1,30 @@
+"""What a stage's rank sees of torch.distributed and of the node's GPUs, from submitit's environment (here the
+local executor's variables, as its rank 1 of 2 gets them).
+
+    .venv/bin/python -m pytest tests/unit/test_stage_environment.py -q
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from launchers.stage import export_torch_distributed
+
+EXPORTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_every_gpu_of_the_node_stays_visible_and_rank_r_takes_cuda_r(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in EXPORTED:
+        monkeypatch.delenv(key, raising=False)  # and restored, whatever export() sets
+    for key, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "2",
+                       "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
+                       "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1",
+                       "CUDA_VISIBLE_DEVICES": "0,1"}.items():
+        monkeypatch.setenv(key, value)
+    env = export_torch_distributed()
+    assert (env.rank, env.local_rank, env.world_size) == (1, 1, 2)
+    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("1", "1", "2")
+    # not narrowed to "1": with one GPU visible, cuda:1 (accelerate's device for LOCAL_RANK 1) would not exist
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"

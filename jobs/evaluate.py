@@ -53,17 +53,18 @@ def evaluate(recipe: Recipe, plan: Plan, context: RankContext) -> str:
 
     run = RunDir(context.run_dir)
     with Tracker(context, "eval", recipe, plan) as tracker:
-        out, metrics = evaluate_run(run, recipe, context)
+        out, record = evaluate_run(run, recipe, context)
         if out is not None:
-            tracker.log_metrics({f"eval/{name}": value for name, value in metrics.items()}, step=0)
-            tracker.set_tags({"clusterft.eval.engine": json.loads((out / "results.json").read_text())["engine"]})
+            tracker.log_metrics({f"eval/{name}": value for name, value in record["metrics"].items()}, step=0)
+            tracker.set_tags({"clusterft.eval.engine": record["engine"]})
             for path in sorted(out.iterdir()):
                 tracker.log_artifact(path, "results")
     return str(out or "")
 
 
-def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Path | None, dict[str, float]]:
-    """(results directory, metrics) on rank 0; (None, {}) on the other ranks, which only generate."""
+def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Path | None, dict[str, Any]]:
+    """(results directory, the record written to its results.json) on rank 0; (None, {}) on the other ranks, which
+    only generate."""
     from jobs.humaneval import load_problems
     from jobs.model import load_tokenizer
 
@@ -118,11 +119,11 @@ def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Pat
     write_atomic(out / "results.json", json.dumps(record, indent=2) + "\n")
     for name, value in metrics.items():
         print(f"[eval] {name} = {value:.4f}", flush=True)
-    return out, metrics
+    return out, record
 
 
 def choose_engine(wanted: str, chosen: RunModel, recipe: Recipe, tokenizer: Any,
-            context: RankContext) -> tuple[Engine, Any]:
+                  context: RankContext) -> tuple[Engine, Any]:
     """(the engine, the model when it was loaded in this process). What vLLM cannot serve as trained is generated
     with transformers when the engine was left to `auto`, and an error when vllm was asked for."""
     if wanted == "vllm":

@@ -16,8 +16,9 @@ EXPORTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
 
 
 def test_every_gpu_of_the_node_stays_visible_and_rank_r_takes_cuda_r(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in EXPORTED:
-        monkeypatch.delenv(key, raising=False)  # and restored, whatever export() sets
+    for key in EXPORTED:  # unset for export(), and put back as they were afterwards (setenv records the original)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     for key, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": "2",
                        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
                        "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1",

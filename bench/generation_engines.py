@@ -25,11 +25,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.context import RankContext  # noqa: E402
-from jobs.generation import Engine, GenerationRequest, GenerationSettings, TransformersEngine  # noqa: E402
-from jobs.humaneval import STOP_SEQUENCES, load_problems  # noqa: E402
-from jobs.model import base_model_path, load_tokenizer  # noqa: E402
-from jobs.run_models import RunModel, load_chosen  # noqa: E402
+from jobs.spec.context import RankContext  # noqa: E402
+from jobs.eval.generation import Engine, GenerationRequest, GenerationSettings, TransformersEngine  # noqa: E402
+from jobs.eval.humaneval import STOP_SEQUENCES, load_problems  # noqa: E402
+from jobs.common.model import base_model_path, load_tokenizer  # noqa: E402
+from jobs.common.run_models import RunModel, load_chosen  # noqa: E402
 from launchers.recipe.load import resolve  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def main() -> None:
 
     import torch
 
-    from jobs.generation import vllm_installed
+    from jobs.eval.generation import vllm_installed
 
     recipe = resolve(*args.recipe).recipe
     tokenizer = load_tokenizer(recipe)
@@ -69,7 +69,7 @@ def main() -> None:
         "transformers": lambda: TransformersEngine(load_chosen(chosen, recipe, context)[0], tokenizer)}
     missing = None if vllm_installed() and torch.cuda.is_available() else "vLLM and CUDA needed"
     if missing is None:
-        from jobs.vllm_engine import VllmEngine
+        from jobs.eval.vllm_engine import VllmEngine
 
         engines["vllm"] = lambda: VllmEngine(chosen, recipe, tokenizer, context)
 

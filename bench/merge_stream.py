@@ -1,4 +1,4 @@
-"""Benchmark the streaming LoRA merge (jobs.merge) against PEFT's merge_and_unload + save_pretrained.
+"""Benchmark the streaming LoRA merge (jobs.export.merge) against PEFT's merge_and_unload + save_pretrained.
 
     .venv/bin/python bench/merge_stream.py                                # ~1.5 GB bf16 GPTBigCode, 4 shards, 3 runs
     .venv/bin/python bench/merge_stream.py --n-embd 1024 --n-layer 8      # ~0.3 GB, for a small machine
@@ -138,7 +138,7 @@ def worker(args: argparse.Namespace) -> None:
         return
     if method == "stream":
         sys.path.insert(0, str(REPO))
-        from jobs.merge import merge_adapter
+        from jobs.export.merge import merge_adapter
 
         started = time.perf_counter()
         merge_adapter(base, adapter, out)
@@ -262,7 +262,7 @@ def main() -> None:
         median = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}
         print(f"\nmedian of {args.runs} | wall (s) | work (s) | peak RSS (GB) | peak / largest shard")
         print("-" * 75)
-        for method, label in (("stream", "jobs.merge (streaming)"), ("peft", "PEFT merge_and_unload+save")):
+        for method, label in (("stream", "jobs.export.merge (streaming)"), ("peft", "PEFT merge_and_unload+save")):
             m = median[method]
             print(f"{label:27s}| {m['wall_s']:8.1f} | {m['work_s']:8.1f} | {m['peak_bytes'] / 1e9:13.2f} | "
                   f"{m['peak_bytes'] / largest:6.2f}x")

@@ -12,7 +12,7 @@ threads are compared on equal terms. Rows:
   offsets the same with character offsets computed, as a transformers tokenizer call does
   seed    a loop in the style of the seed's ConstantLengthDataset: fill a character buffer, tokenize it (through
           transformers, as the seed did), token-level FIM per document, join with EOS, cut constant-length chunks
-  ours    jobs.prepare.build_cache: read files, tokenize, FIM, pack, write the Arrow cache
+  ours    jobs.prepare.stage.build_cache: read files, tokenize, FIM, pack, write the Arrow cache
 
 Prints a table (tokens/s, ratios to raw and to seed, 1 vs 2 threads) and the tokenizer CPU-seconds a 16-rank,
 3-epoch run with one requeue spends in our design (one pass, cached) vs the seed's (every rank re-tokenizes every
@@ -94,7 +94,7 @@ def run_raw(texts: list[str], tokenizer: object, offsets: bool = False) -> int:
 def run_seed_loop(texts: list[str], tokenizer: object) -> int:
     """The seed's ConstantLengthDataset, reduced to its work: a character buffer of ~1024 sequences, tokenized,
     FIM per document at token level, joined with EOS, cut into SEQ_LENGTH chunks."""
-    from jobs.fim import FimTransform, fim_tokens
+    from jobs.prepare.fim import FimTransform, fim_tokens
 
     fim = FimTransform(fim_tokens(tokenizer), FIM_RATE, 0.5, seed=0)
     eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
@@ -115,7 +115,7 @@ def run_seed_loop(texts: list[str], tokenizer: object) -> int:
 
 
 def run_ours(corpus: Path, tokenizer: object) -> dict[str, float]:
-    from jobs.prepare import build_cache
+    from jobs.prepare.stage import build_cache
     from launchers.recipe.load import resolve
 
     recipe = resolve("full-ft", "tiny-starcoder", [

@@ -51,7 +51,7 @@ def env() -> dict[str, str]:
 
 def run_ours(workdir: Path, steps: int, index: int) -> dict[str, float]:
     name = f"ours{index}"
-    subprocess.run([sys.executable, "-m", "launchers.cli", "lora", "tiny-starcoder", "--debug", "--stages",
+    subprocess.run([sys.executable, "-m", "launchers.cli.main", "lora", "tiny-starcoder", "--debug", "--stages",
                     "prepare,train", "--name", name, f"training.max_steps={steps}", "training.save_steps=100000",
                     "training.eval_steps=100000", "data.eval_fraction=0", "training.logging_steps=10"],
                    cwd=workdir, env=env(), capture_output=True, text=True, check=True, timeout=1800)

@@ -1,4 +1,4 @@
-"""ZeRO-3 consolidation: jobs.consolidate vs DeepSpeed's zero_to_fp32 on the same checkpoint, peak RSS and time.
+"""ZeRO-3 consolidation: jobs.export.consolidate vs DeepSpeed's zero_to_fp32 on the same checkpoint, peak RSS and time.
 
     .venv/bin/python bench/zero3_consolidate.py [--hidden 1024 --layers 8 --repeats 3]
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OURS = """
 import resource, sys, time
 from pathlib import Path
-from jobs.consolidate import consolidate_zero3
+from jobs.export.consolidate import consolidate_zero3
 start = time.perf_counter()
 consolidate_zero3(Path(sys.argv[1]), Path(sys.argv[2]))
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -51,7 +51,7 @@ def train_checkpoint(work: Path, hidden: int, layers: int) -> Path:
     accelerate = (ROOT / "recipes" / "accelerate" / "deepspeed_zero3.yaml").read_text()
     (work / "zero3.yaml").write_text(accelerate.replace("recipes/accelerate/deepspeed_zero3.json",
                                                         str(work / "zero3.json")))
-    command = [sys.executable, "-m", "launchers.cli", "full-ft", "tiny-starcoder", "--local", "--nproc", "2",
+    command = [sys.executable, "-m", "launchers.cli.main", "full-ft", "tiny-starcoder", "--local", "--nproc", "2",
                "--name", "wide", "--runs-dir", str(work / "runs"), "--stages", "prepare,train",
                f"model.config={work / 'wide.json'}", "distributed.backend=deepspeed-zero3",
                f"distributed.accelerate_config={work / 'zero3.yaml'}", "data.seq_length=128",

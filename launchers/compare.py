@@ -5,7 +5,7 @@
     launch compare sc-full sc-qlora --format csv     # these runs (name or experiment/name), as CSV
     launch compare sc-full sc-qlora --output cmp.png # the plot where you want it
 
-Runs come from MLflow (the layout `jobs.tracking` writes): one parent run per launch, tagged clusterft.*, and one
+Runs come from MLflow (the layout `jobs.track.tracker` writes): one parent run per launch, tagged clusterft.*, and one
 child run per stage (tag mlflow.parentRunId, tag clusterft.stage). A RUN argument is found in the runs root like
 `launch status` finds it, and its parent run id read from <run>/mlflow.json; --experiment adds every parent run of
 that MLflow experiment; with neither, every parent run in the store is compared.
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launchers.errors import UserError, did_you_mean
-from launchers.rundir import public_uri, timestamp, tracking_uri
+from jobs.spec.errors import UserError, did_you_mean
+from jobs.spec.rundir import public_uri, timestamp, tracking_uri
 from launchers.text import table
 
 FORMATS = ("text", "csv", "json")
@@ -131,7 +131,7 @@ class RunSummary:
         return next((v for k, v in sorted(self.eval_metrics.items()) if HUMANEVAL.match(k)), None)
 
     def eval_metric(self, name: str) -> float | None:
-        """The eval stage's eval/<name> (jobs.evaluate), e.g. fim_exact_match, heldout_loss, base_heldout_loss."""
+        """The eval stage's eval/<name> (jobs.eval.stage), e.g. fim_exact_match, heldout_loss, base_heldout_loss."""
         return self.eval_metrics.get(f"eval/{name}")
 
     @property
@@ -428,7 +428,7 @@ def parent_of_ref(store: Store, root: Path, uri: str, ref: str) -> Any:
     from launchers.runs import find_run
 
     run = find_run(root, ref)
-    ids = run.read_json("mlflow.json")
+    ids = run.read_json(run.mlflow_file)
     if not ids:
         raise UserError(f"run {run.experiment}/{run.name} has no mlflow.json: it has not started tracking yet")
     if "parent" not in ids:

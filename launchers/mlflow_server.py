@@ -27,8 +27,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from launchers.errors import UserError
-from launchers.rundir import default_tracking_uri, public_uri, write_atomic
+from jobs.spec.errors import UserError
+from jobs.spec.rundir import default_tracking_uri, public_uri, write_atomic
 
 STORE_ENV = "MLFLOW_BACKEND_STORE_URI"
 SERVER_DIR = "mlflow-server"
@@ -136,7 +136,7 @@ def submit_server(spec: ServerSpec, root: Path, params: dict[str, object], wait_
     import submitit
     from submitit.core.utils import FailedJobError
 
-    from launchers.chain import sbatch_message
+    from launchers.submit.chain import sbatch_message
 
     folder = root / SERVER_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launchers.chain import STAGES
-from launchers.errors import UserError, did_you_mean
-from launchers.rundir import RunDir
-from launchers.stage import read_attempts
+from jobs.spec.stages import STAGE_NAMES
+from jobs.spec.errors import UserError, did_you_mean
+from jobs.spec.rundir import EXPORT_RECORD, LAUNCH_FILE, RunDir, pid_alive
 from launchers.text import table
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -39,7 +38,7 @@ class StageState:
 
 
 def all_runs(root: Path) -> list[RunDir]:
-    return sorted((RunDir(p.parent) for p in root.glob("*/*/launch.json")), key=lambda r: r.path.stat().st_mtime)
+    return sorted((RunDir(p.parent) for p in root.glob(f"*/*/{LAUNCH_FILE}")), key=lambda r: r.path.stat().st_mtime)
 
 
 def find_run(root: Path, ref: str) -> RunDir:
@@ -60,15 +59,15 @@ def find_run(root: Path, ref: str) -> RunDir:
 
 
 def launch_record(run: RunDir) -> dict[str, Any]:
-    return run.read_json("launch.json")
+    return run.read_json(run.launch_file)
 
 
 def stage_states(run: RunDir) -> list[StageState]:
     record = launch_record(run)
     submitted: dict[str, str] = record.get("jobs", {})
     # in chain order: the launch's stages and any run again later (launch export, launch eval: their newest job)
-    jobs = {stage: submitted[stage] for stage in STAGES if stage in submitted}
-    attempts = read_attempts(run.path)
+    jobs = {stage: submitted[stage] for stage in STAGE_NAMES if stage in submitted}
+    attempts = run.attempts()
     restarts = {stage: max(0, sum(a["stage"] == stage and str(a["job_id"]) == job for a in attempts) - 1)
                 for stage, job in jobs.items()}
     executor = record.get("executor")
@@ -121,23 +120,13 @@ def local_state(run: RunDir, job_id: str) -> dict[str, str]:
         with result.open("rb") as handle:
             outcome = pickle.load(handle)[0]
         return {"state": "COMPLETED" if outcome == "success" else "FAILED", "nodes": "local"}
-    if _pid_alive(int(job_id)):
+    if pid_alive(int(job_id)):
         return {"state": "RUNNING", "nodes": "local"}
     return {"state": "FAILED", "nodes": "local"}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def last_metrics(run: RunDir) -> dict[str, Any]:
-    return run.read_json("last_metrics.json")
+    return run.read_json(run.last_metrics_file)
 
 
 def describe(run: RunDir) -> str:
@@ -163,18 +152,17 @@ def describe(run: RunDir) -> str:
 
 def outputs(run: RunDir) -> list[str]:
     """The newest export version and evaluation of a run, one line each (nothing when there is none)."""
-    from jobs.export import RECORD_FILE, versions
 
     lines = []
-    exports = versions(run)
+    exports = run.versions()
     if exports:
         count, newest = len(exports), exports[-1]
-        record = json.loads((newest / RECORD_FILE).read_text(encoding="utf-8"))
+        record = json.loads((newest / EXPORT_RECORD).read_text(encoding="utf-8"))
         parts = [f"{name} {record[name]['bytes'] / 1e6:.1f} MB" for name in ("model", "adapter", "gguf")
                  if isinstance(record.get(name), dict)]
         lines.append(f"export {newest.name} ({count} in all, from {record.get('source')}): {', '.join(parts)}  "
                      f"{newest}")
-    results = sorted((run.path / "eval").glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+    results = sorted((run.evals).glob("*/results.json"), key=lambda p: p.stat().st_mtime)
     if results:
         record = json.loads(results[-1].read_text(encoding="utf-8"))
         shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(record.get("metrics", {}).items()))
@@ -225,7 +213,7 @@ def cancel(run: RunDir) -> list[str]:
     pending = [s for s in stage_states(run) if s.state not in TERMINAL]
     if record.get("executor") == "local":
         for s in pending:
-            if _pid_alive(int(s.job_id)):
+            if pid_alive(int(s.job_id)):
                 os.kill(int(s.job_id), 15)
     elif pending:
         subprocess.run(["scancel", *[s.job_id for s in pending]], capture_output=True, timeout=60, check=False)

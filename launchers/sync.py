@@ -1,6 +1,6 @@
 """`launch sync RUN`: send to MLflow what a run's stages could not (the server was down), from the run's spool.
 
-Every tracking call of a stage is first a line in <run>/mlflow-spool/ (jobs.spool); a stage sends its spool while it
+Every tracking call of a stage is first a line in <run>/mlflow-spool/ (jobs.track.spool); a stage sends its spool while it
 runs and for a bounded time at its end. What is left — runs not even created yet included — is sent here, in order,
 with the original steps and timestamps; running it twice sends nothing twice. MLflow is imported only when there is
 something to send (the CLI stays light).
@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launchers.errors import UserError
-from launchers.rundir import RunDir, public_uri
+from jobs.spec.errors import UserError
+from jobs.spec.rundir import RunDir, public_uri
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def sync_run(run_dir: Path, *, uri: str | None = None, lock_timeout_s: float = 3
     else that server, from mlflow.json). An unreachable server, a different server, or a spool busy with another
     sender is a UserError (one line); nothing spooled is lost either way.
     """
-    from jobs.spool import Sender, Spool, resolve_uri
+    from jobs.track.spool import Sender, Spool, resolve_uri
 
     run = RunDir(Path(run_dir))
     label = f"{run.experiment}/{run.name}"

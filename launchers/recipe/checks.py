@@ -1,7 +1,7 @@
 """Recipe checks that read files: the model's config (context length) and local data (rows and columns).
 
 They run at launch, before anything is submitted, so a bad row fails in a second on the login node instead of
-after hours in the queue. Nothing here imports torch; LoRA targets are checked by `jobs.architecture` (it needs
+after hours in the queue. Nothing here imports torch; LoRA targets are checked by `jobs.common.architecture` (it needs
 transformers) on submission, not on --dry-run.
 """
 
@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from launchers.errors import UserError
+from jobs.spec.errors import UserError
 from launchers.recipe.load import Resolved, display_path
-from launchers.recipe.schema import FORMAT_FIELDS, DataSpec
+from jobs.spec.schema import FORMAT_FIELDS, DataSpec
 
 # Config keys that hold a model's maximum sequence length, by architecture family.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")

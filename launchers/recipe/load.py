@@ -22,8 +22,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 import recipes
-from launchers.errors import UserError, did_you_mean
-from launchers.recipe.schema import Recipe, RuleError
+from jobs.spec.errors import UserError, did_you_mean
+from jobs.spec.schema import Recipe, RuleError
 
 RECIPES_ROOT = Path(recipes.__file__).resolve().parent
 NOT_MODELS = {"accelerate", "assets", "__pycache__"}
@@ -137,7 +137,7 @@ def parse_override(text: str, label: str | None = None) -> tuple[dict[str, Any],
     except yaml.YAMLError:
         value = raw
     parts = tuple(key.split("."))
-    from jobs.redaction import redact_text
+    from jobs.spec.redaction import redact_text
 
     origin = Origin(label or f"override {redact_text(text)}", Path.cwd())  # errors never echo a secret
     nested: Any = value
@@ -268,7 +268,7 @@ def _redact_secrets(data: dict[str, Any], prefix: KeyPath) -> list[KeyPath]:
     """Replace, in place, values that look like secrets (tokens, keys, URL passwords): a recipe is written to the
     run directory, pickled for the job and logged to MLflow, so a secret in it would be everywhere. Credentials
     belong in the environment (HF_TOKEN, MLFLOW_TRACKING_PASSWORD, ...). Returns the paths replaced."""
-    from jobs.redaction import redact_value
+    from jobs.spec.redaction import redact_value
 
     replaced: list[KeyPath] = []
     for key, value in data.items():

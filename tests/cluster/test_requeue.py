@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launchers.stage import read_attempts
+from jobs.spec.rundir import RunDir
 from tests.cluster.test_slurm import finished, job_logs, submit, wait_until
 
 STEPS = 240
@@ -27,7 +27,7 @@ def test_time_limit_requeues_resumes_and_logs_each_step_once(tmp_path: Path) -> 
     states = wait_until(run, finished, timeout=1200)
 
     assert states[0].state == "COMPLETED", f"{states}\n{job_logs(run)}"
-    attempts = [a for a in read_attempts(run) if a["stage"] == "train"]
+    attempts = [a for a in RunDir(run).attempts() if a["stage"] == "train"]
     assert len(attempts) >= 2, "the 1-minute limit should have forced at least one requeue"
     assert len({a["job_id"] for a in attempts}) == 1, "a requeue keeps the job id"
     assert (run / "final" / ".complete").read_text().strip().endswith(f"step {STEPS}")

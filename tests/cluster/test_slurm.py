@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launchers.rundir import RunDir
+from jobs.spec.rundir import RunDir
 from launchers.runs import TERMINAL, StageState, stage_states
 from tests.integration.conftest import assert_ok, launch
 

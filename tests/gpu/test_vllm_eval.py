@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_vllm_evaluates_a_merged_export(tmp_path: Path) -> None:
-    from jobs.export import export_run
+    from jobs.export.stage import export_run
 
     run, recipe = make_run(tmp_path, "lora")
     export_run(run, with_export(recipe))
@@ -31,7 +31,7 @@ def test_vllm_evaluates_a_merged_export(tmp_path: Path) -> None:
     result = launch("eval", "r1", "--ranks", ranks, "--problems", "8", "eval.fim_samples=8", "model.dtype=bfloat16",
                     cwd=tmp_path)   # auto: vLLM, since it is installed and CUDA is there
     assert_ok(result)
-    (out,) = (run.path / "eval").iterdir()
+    (out,) = (run.evals).iterdir()
     record = json.loads((out / "results.json").read_text())
     assert record["engine"] == "vllm" and record["ranks"] == int(ranks)
     assert {"humaneval_pass_at_1", "fim_exact_match", "heldout_loss"} <= set(record["metrics"])

@@ -26,7 +26,7 @@ def launch(*args: str, cwd: Path, env: dict[str, str] | None = None,
            tracking_uri: str | None = None) -> subprocess.CompletedProcess[str]:
     """`launch ARGS` as a user types it, from `cwd`; output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "launchers.cli", *args],
+        [sys.executable, "-m", "launchers.cli.main", *args],
         cwd=cwd, env=launch_env(env, tracking_uri), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
         check=False,
     )

@@ -2,7 +2,7 @@
 then `launch mlflow-server` over their store, and MLflow's own compare page of the two, rendered by headless
 Chromium (tests/integration/browser.py).
 
-Needs the parent/child MLflow layout from jobs.tracking (a parent run per launch tagged clusterft.*, a child run
+Needs the parent/child MLflow layout from jobs.track.tracker (a parent run per launch tagged clusterft.*, a child run
 per stage, the parent id in mlflow.json).
 
     .venv/bin/python -m pytest tests/integration/test_compare_runs.py -q
@@ -64,7 +64,7 @@ def the_compare_page_renders(tmp_path: Path, root: Path, run_ids: list[str]) -> 
     browser = Browser.find_or_install()
     port = free_port()
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "launchers.cli", "mlflow-server", "--host", "127.0.0.1",
+    server = subprocess.Popen([sys.executable, "-m", "launchers.cli.main", "mlflow-server", "--host", "127.0.0.1",
                                "--port", str(port), "--runs-dir", str(root)], stdout=log, stderr=subprocess.STDOUT,
                               env=launch_env(), start_new_session=True)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.fsdp_state import load_sharded, sharded_model
+from jobs.train.fsdp_state import load_sharded, sharded_model
 from tests.integration.conftest import assert_ok, launch
 
 SHIM = Path(__file__).parents[1] / "shims" / "fsdp_on_cpu"

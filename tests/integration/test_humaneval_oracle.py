@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from jobs import sandbox
-from jobs.humaneval import Problem, load_problems, program, score
-from jobs.sandbox import Limits, run_many
+from jobs.eval import sandbox
+from jobs.eval.humaneval import Problem, load_problems, program, score
+from jobs.eval.sandbox import Limits, run_many
 
 TIMEOUT_S = 15.0  # generous: the machine is shared and noisy (HumanEval's own harness uses 3 s)
 WORKERS = 2 * (os.cpu_count() or 1)  # samples mostly wait on interpreter start-up

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from jobs.spool import Spool
+from jobs.track.spool import Spool
 from tests.integration.conftest import LAUNCH_TIMEOUT_S, assert_ok, launch, launch_env
 from tests.integration.mlflow_server import MlflowServer
 
@@ -86,7 +86,7 @@ def spooled_losses(run: Path) -> list[tuple[int, float]]:
 
 def start_launch(workdir: Path, name: str, uri: str, env: dict[str, str], *extra: str,
                  stages: str = "prepare,train") -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "launchers.cli", *args(name, *extra, stages=stages)],
+    return subprocess.Popen([sys.executable, "-m", "launchers.cli.main", *args(name, *extra, stages=stages)],
                             cwd=workdir, env=launch_env(env, uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 

@@ -56,7 +56,7 @@ def test_killed_mid_save_then_resumed_matches_an_uninterrupted_run(tmp_path: Pat
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     victim = subprocess.Popen(
-        [sys.executable, "-m", "launchers.cli", "full-ft", "tiny-starcoder", "--local", "--stages", "train",
+        [sys.executable, "-m", "launchers.cli.main", "full-ft", "tiny-starcoder", "--local", "--stages", "train",
          "--name", "killed", *STEPS], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     run = tmp_path / "runs" / "tiny-starcoder" / "killed"
@@ -113,15 +113,15 @@ def test_zero3_full_fine_tune_saves_what_zero_to_fp32_consolidates(tmp_path: Pat
 def exports_consolidate_the_shards_as_zero_to_fp32_does(tmp_path: Path, run: Path, consolidated: dict[str, Any],
                                                         gathered: dict[str, torch.Tensor]) -> None:
     """A final/ saved without the 16-bit gather holds DeepSpeed's per-rank shards only: the export consolidates them
-    (jobs.consolidate) into the tensors zero_to_fp32 gives, and the gathered save had."""
+    (jobs.export.consolidate) into the tensors zero_to_fp32 gives, and the gathered save had."""
     import shutil
 
     shutil.move(run / "final", run / "final-gathered")
     shutil.copytree(run / "checkpoints" / "checkpoint-10", run / "final",
                     ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
-    from jobs.export import export_run
+    from jobs.export.stage import export_run
     from launchers.recipe.load import resolve_saved
-    from launchers.rundir import RunDir
+    from jobs.spec.rundir import RunDir
 
     done = export_run(RunDir(run), resolve_saved(run / "recipe.yaml").recipe)  # the export stage's work, in-process
     exported = load_file(done.path / "model" / "model.safetensors")

@@ -1,4 +1,4 @@
-"""Hostile samples through jobs.sandbox: each contained, counted as a failure of the right kind, the machine unharmed.
+"""Hostile samples through jobs.eval.sandbox: each contained, counted as a failure of the right kind, the machine unharmed.
 
 Every sample is bounded by its wall-clock timeout (a few seconds). Durations are never asserted.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import sandbox
-from jobs.sandbox import SANDBOX_UID_BASE, Limits, SandboxUnavailable, run_many, run_program
+from jobs.eval import sandbox
+from jobs.eval.sandbox import SANDBOX_UID_BASE, Limits, SandboxUnavailable, run_many, run_program
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 4.0

@@ -49,7 +49,7 @@ def test_vllm_engine_on_two_ranks_writes_what_transformers_writes(tmp_path: Path
 
 
 def test_vllm_engine_serves_the_merged_export_and_reports_its_failure(tmp_path: Path) -> None:
-    from jobs.export import export_run
+    from jobs.export.stage import export_run
 
     run, recipe = make_run(tmp_path, "lora")
     done = export_run(run, with_export(recipe))

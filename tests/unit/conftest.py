@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launchers.recipe.load import CATALOG_ENV
-from launchers.rundir import RUNS_DIR_ENV
+from jobs.spec.rundir import RUNS_DIR_ENV
 from tests.unit.launch_harness import CliResult, make_user_catalog, run_launch
 
 
@@ -25,7 +25,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def launch(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
-    """`launch(*argv)` → CliResult, running `launchers.cli.main` in this process."""
+    """`launch(*argv)` → CliResult, running `launchers.cli.main.main` in this process."""
     return lambda *argv: run_launch(capsys, *argv)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launchers.cli import main
+from launchers.cli.main import main
 from launchers.recipe.load import CATALOG_ENV, RECIPES_ROOT
 
 ERROR_PREFIX = "launch: error: "
@@ -32,7 +32,7 @@ class CliResult:
 
 
 def run_launch(capsys: pytest.CaptureFixture[str], *argv: str) -> CliResult:
-    """`launchers.cli.main(argv)` in this process, with stdout/stderr captured separately."""
+    """`launchers.cli.main.main(argv)` in this process, with stdout/stderr captured separately."""
     capsys.readouterr()  # drop anything printed before
     code = main(list(argv))
     out, err = capsys.readouterr()

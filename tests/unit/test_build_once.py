@@ -1,4 +1,4 @@
-"""jobs.build_once: rank 0 builds, the other ranks wait; a failure of rank 0 ends their wait at once, and only for
+"""jobs.common.build_once: rank 0 builds, the other ranks wait; a failure of rank 0 ends their wait at once, and only for
 the same attempt (a requeue never reads an earlier attempt's failure).
 
     .venv/bin/python -m pytest tests/unit/test_build_once.py -q
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.build_once import build_once, failure_file
-from jobs.context import RankContext
-from launchers.rundir import COMPLETE_MARKER
+from jobs.common.build_once import build_once, failure_file
+from jobs.spec.context import RankContext
+from jobs.spec.rundir import COMPLETE_MARKER
 
 
 def ranks(tmp_path: Path, attempt: str) -> tuple[RankContext, RankContext]:

@@ -1,4 +1,4 @@
-"""jobs.checkpoints on synthetic checkpoint directories: the newest *complete* checkpoint wins, unfinished ones
+"""jobs.train.checkpoints on synthetic checkpoint directories: the newest *complete* checkpoint wins, unfinished ones
 are removed, and adapter verification catches missing, sharded and untrained LoRA weights.
 
     .venv/bin/python -m pytest tests/unit/test_checkpoints.py -q
@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from jobs.checkpoints import latest_complete, remove_incomplete, verify_adapter
-from launchers.rundir import COMPLETE_MARKER
+from jobs.train.checkpoints import latest_complete, remove_incomplete, verify_adapter
+from jobs.spec.rundir import COMPLETE_MARKER
 
 EXPECTED = {"model.layers.0.q_proj.lora_A.weight": (8, 64), "model.layers.0.q_proj.lora_B.weight": (64, 8)}
 

@@ -1,6 +1,6 @@
 """`launch compare` against a real sqlite MLflow store: the table's numbers, pairing, csv/json, the PNG, artifacts.
 
-The store is built once for the module with MlflowClient, following the layout `jobs.tracking` writes: a parent run
+The store is built once for the module with MlflowClient, following the layout `jobs.track.tracker` writes: a parent run
 per launch (tags clusterft.*), a child run per stage (mlflow.parentRunId, clusterft.stage), metric histories on the
 train child, HumanEval on the eval child. Three launches: a full fine-tune and a QLoRA of the same model and data
 (a pair) on GPUs, and an unrelated CPU run of another model in another experiment.
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from launchers.compare import collect, compare, figure, render
-from launchers.errors import UserError
+from jobs.spec.errors import UserError
 
 T0 = 1_767_000_000_000  # ms
 HOUR_MS = 3_600_000

@@ -43,7 +43,7 @@ def test_dry_run_imports_no_training_stack(tmp_path: Path) -> None:
     argv = ["full-ft", "starcoder15b", "--dry-run", *CLUSTER_FLAGS, "--runs-dir", str(tmp_path / "runs")]
     script = (
         "import json, sys\n"
-        "from launchers.cli import main\n"
+        "from launchers.cli.main import main\n"
         f"code = main({argv!r})\n"
         f"loaded = {{name: name in sys.modules for name in {HEAVY_MODULES!r}}}\n"
         "print('MODULES=' + json.dumps({'code': code, 'loaded': loaded}))\n"
@@ -135,7 +135,7 @@ def test_overrides_may_follow_flags(launch: Launch) -> None:
 
 def test_help_exits_zero_and_lists_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "launchers.cli", "--help"], cwd=tmp_path, env=clean_env(),
+    proc = subprocess.run([sys.executable, "-m", "launchers.cli.main", "--help"], cwd=tmp_path, env=clean_env(),
                           capture_output=True, text=True, timeout=120, check=False)
     elapsed = time.perf_counter() - started
     with capsys.disabled():

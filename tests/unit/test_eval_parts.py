@@ -13,9 +13,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from jobs.fim_eval import FimExample, edit_similarity, fim_examples, fim_prompt, score_fim
-from jobs.generation import GenerationSettings, cut_at_stop, generate
-from jobs.heldout import heldout_loss
+from jobs.eval.fim_eval import FimExample, edit_similarity, fim_examples, fim_prompt, score_fim
+from jobs.eval.generation import GenerationSettings, cut_at_stop, generate
+from jobs.eval.heldout import heldout_loss
 from launchers.recipe.load import RECIPES_ROOT
 from tests.unit.launch_harness import CliResult, assert_one_error_line
 from tests.unit.test_export import make_run
@@ -114,7 +114,7 @@ def test_bad_eval_requests_exit_2(tmp_path: Path, launch: Callable[..., CliResul
                                   message: str) -> None:
     run, _ = make_run(tmp_path, "lora")
     assert message in assert_one_error_line(launch("eval", "r1", *args))
-    assert not (run.path / "eval").exists()
+    assert not (run.evals).exists()
 
 
 def test_generate_streams_the_prompt_and_its_completion(tmp_path: Path, launch: Callable[..., CliResult]) -> None:
@@ -129,9 +129,9 @@ def test_generate_streams_the_prompt_and_its_completion(tmp_path: Path, launch: 
 
 
 def test_a_down_weighted_adapter_is_the_model_export_merges_at_that_weight(tmp_path: Path) -> None:
-    from jobs.context import RankContext
-    from jobs.export import export_run
-    from jobs.run_models import load_run_model
+    from jobs.spec.context import RankContext
+    from jobs.export.stage import export_run
+    from jobs.common.run_models import load_run_model
     from tests.unit.test_export import with_export
     from tests.unit.test_merge import FP32_ATOL, logits
 

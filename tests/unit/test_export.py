@@ -1,4 +1,4 @@
-"""The export stage (jobs.export) and `launch export` on hand-built run directories: a random tiny-llama base, a
+"""The export stage (jobs.export.stage) and `launch export` on hand-built run directories: a random tiny-llama base, a
 LoRA adapter with random non-zero factors, a full fine-tune's final model.
 
     .venv/bin/python -m pytest tests/unit/test_export.py -q
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.export import export_run, versions
-from launchers.plan import make_plan
+from jobs.export.stage import export_run
+from launchers.recipe.plan import make_plan
 from launchers.recipe.load import resolve
-from launchers.recipe.schema import Recipe
-from launchers.rundir import COMPLETE_MARKER, RunDir
+from jobs.spec.schema import Recipe
+from jobs.spec.rundir import COMPLETE_MARKER, RunDir
 from tests.unit.launch_harness import CliResult, assert_one_error_line
 from tests.unit.test_merge import FP32_ATOL, merged_logits, peft_logits, save_adapter, save_base
 
@@ -40,9 +40,9 @@ def make_run(root: Path, method: str, name: str = "r1") -> tuple[RunDir, Recipe]
     recipe = resolved.recipe
     run = RunDir.new(root / "runs", "tiny-llama", name)
     run.create()
-    (run.path / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    run.write_json("plan.json", make_plan(resolved).as_dict())
-    run.write_json("launch.json", {"argv": ["launch", method, "tiny-llama", "--local"], "executor": "local",
+    (run.recipe_file).write_text(recipe.to_yaml(), encoding="utf-8")
+    run.write_json(run.plan_file, make_plan(resolved).as_dict())
+    run.write_json(run.launch_file, {"argv": ["launch", method, "tiny-llama", "--local"], "executor": "local",
                                    "stages": ["prepare", "train", "export", "eval"], "jobs": {}})
     assert recipe.model.config is not None
     config = AutoConfig.from_pretrained(recipe.model.config)
@@ -90,7 +90,7 @@ def test_every_export_is_a_new_version_and_earlier_ones_stay(tmp_path: Path) -> 
     before = {p.name: p.read_bytes() for p in (first.path / "model").glob("*.safetensors")}
     second = export_run(run, with_export(recipe, checkpoint=10, merge=False))
 
-    assert [p.name for p in versions(run)] == ["v1", "v2"]
+    assert [p.name for p in run.versions()] == ["v1", "v2"]
     assert {p.name: p.read_bytes() for p in (first.path / "model").glob("*.safetensors")} == before
     assert not (second.path / "model").exists(), "merge: false writes the adapter only"
     assert json.loads((second.path / "export.json").read_text())["source"] == "checkpoints/checkpoint-10"
@@ -108,7 +108,7 @@ def test_a_killed_exports_leftovers_are_removed_and_others_kept(tmp_path: Path) 
         path.mkdir()
     export_run(run, with_export(recipe, merge=False))
     assert not dead.exists() and other_host.exists()
-    assert [p.name for p in versions(run)] == ["v1"]
+    assert [p.name for p in run.versions()] == ["v1"]
 
 
 def test_full_fine_tune_export_is_a_streaming_copy_cast_on_request(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_an_adapter_transfers_to_a_base_of_the_same_shapes(tmp_path: Path, launc
     line = assert_one_error_line(launch("export", "r1", "--base", str(wider)))
     assert line.endswith("model.layers.0.mlp.down_proj.weight is [128, 768], [128, 384] in the base the adapter was "
                          "trained on: transfer needs identical shapes")
-    assert [p.name for p in versions(run)] == ["v1"], "nothing written for a refused transfer"
+    assert [p.name for p in run.versions()] == ["v1"], "nothing written for a refused transfer"
 
     four_bit = tmp_path / "sibling-4bit"
     shutil.copytree(sibling, four_bit)
@@ -184,11 +184,11 @@ def test_an_adapter_transfers_to_a_base_of_the_same_shapes(tmp_path: Path, launc
                                        "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}))
     line = assert_one_error_line(launch("export", "r1", "--base", str(four_bit)))
     assert line.endswith("merge into the original 16-bit weights, not the 4-bit base"), line
-    assert [p.name for p in versions(run)] == ["v1"]
+    assert [p.name for p in run.versions()] == ["v1"]
 
 
 def test_a_transfer_to_another_architecture_is_refused(tmp_path: Path) -> None:
-    from jobs.merge import check_transfer
+    from jobs.export.merge import check_transfer
     from tests.unit.test_merge import bigcode_config, llama_config
 
     llama, bigcode = save_base(llama_config(), tmp_path / "llama"), save_base(bigcode_config(), tmp_path / "bigcode")
@@ -197,7 +197,7 @@ def test_a_transfer_to_another_architecture_is_refused(tmp_path: Path) -> None:
 
 
 def test_export_mixes_runs_adapters(tmp_path: Path, launch: Callable[..., CliResult]) -> None:
-    from jobs.mix import mix_adapters
+    from jobs.export.mix import mix_adapters
 
     run, recipe = make_run(tmp_path, "lora")
     other, _ = make_run(tmp_path, "lora", "r2")
@@ -226,7 +226,7 @@ def test_export_mixes_runs_adapters(tmp_path: Path, launch: Callable[..., CliRes
         (["--adapters", "r1=1", "--combine", "best"], "export.combine: Input should be 'linear', 'svd', 'cat', "),
     ):
         assert message in assert_one_error_line(launch("export", "r1", *args))
-    assert len(versions(run)) == 1
+    assert len(run.versions()) == 1
 
 
 def test_unequal_ranks_are_refused_at_launch_for_the_combinations_that_need_one(
@@ -239,7 +239,7 @@ def test_unequal_ranks_are_refused_at_launch_for_the_combinations_that_need_one(
         refused = launch("export", "r1", "--adapters", "r1=0.5,r2=0.5", "--combine", combine, "--density", "0.5")
         assert (f"flag --combine {combine}: needs adapters of equal rank, got r1: r=8, r2: r=16: use cat or svd"
                 in assert_one_error_line(refused))
-    assert not versions(run) and not (run.path / "export").exists()
+    assert not run.versions() and not (run.path / "export").exists()
 
 
 def test_status_shows_the_newest_export_and_evaluation(tmp_path: Path) -> None:
@@ -248,7 +248,7 @@ def test_status_shows_the_newest_export_and_evaluation(tmp_path: Path) -> None:
     run, recipe = make_run(tmp_path, "lora")
     export_run(run, with_export(recipe, merge=False))
     export_run(run, recipe)
-    results = run.path / "eval" / "merged-20261123-000000" / "results.json"
+    results = run.evals / "merged-20261123-000000" / "results.json"
     results.parent.mkdir(parents=True)
     results.write_text(json.dumps({"metrics": {"humaneval_pass_at_1": 0.25, "heldout_loss": 1.5}}))
     text = describe(run)

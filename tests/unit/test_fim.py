@@ -1,4 +1,4 @@
-"""jobs.fim: PSM/SPM layouts, reproducible draws, exact inversion by strip_fim, sentinel discovery per family."""
+"""jobs.prepare.fim: PSM/SPM layouts, reproducible draws, exact inversion by strip_fim, sentinel discovery per family."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from jobs.fim import FIM_FAMILIES, FimTokens, FimTransform, fim_tokens, strip_fim
+from jobs.prepare.fim import FIM_FAMILIES, FimTokens, FimTransform, fim_tokens, strip_fim
 
 TINY_TOKENIZER = Path(__file__).resolve().parents[2] / "recipes" / "assets" / "tokenizer"
 TOKENS = FimTokens(prefix=1, middle=2, suffix=3, pad=4)

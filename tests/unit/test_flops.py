@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobs.flops import flops_per_token, matmul_parameters, mfu, peak_flops
+from jobs.train.flops import flops_per_token, matmul_parameters, mfu, peak_flops
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, GPTBigCodeConfig, LlamaConfig  # noqa: E402
@@ -43,8 +43,8 @@ def test_peak_table_and_mfu() -> None:
 
 
 def test_progress_metrics_carry_per_device_throughput_and_mfu(tmp_path: Any) -> None:
-    from jobs.train import ProgressCallback
-    from launchers.rundir import RunDir
+    from jobs.train.stage import ProgressCallback
+    from jobs.spec.rundir import RunDir
 
     logged: list[dict[str, float]] = []
     tracker = SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics))

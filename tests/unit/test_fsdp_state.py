@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.checkpoints import verify_adapter
-from jobs.fsdp_state import SHARDED_MODEL_DIR, consolidate_checkpoint, load_sharded, sharded_model
+from jobs.train.checkpoints import verify_adapter
+from jobs.train.fsdp_state import SHARDED_MODEL_DIR, consolidate_checkpoint, load_sharded, sharded_model
 
 
 def write_sharded(checkpoint: Path, tensors: dict[str, torch.Tensor]) -> None:

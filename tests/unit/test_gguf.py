@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 
-from jobs.gguf_export import read_gguf_state_dict, write_gguf
+from jobs.export.gguf import read_gguf_state_dict, write_gguf
 from launchers.recipe.load import RECIPES_ROOT
 from tests.unit.launch_harness import CliResult, assert_one_error_line
-from tests.unit.test_export import make_run, versions, with_export
+from tests.unit.test_export import make_run, with_export
 
 gguf = pytest.importorskip("gguf")
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
@@ -92,7 +92,7 @@ def test_gguf_metadata_and_vocabulary(tmp_path: Path) -> None:
 
 
 def test_export_writes_gguf_next_to_the_merged_model(tmp_path: Path, launch: Callable[..., CliResult]) -> None:
-    from jobs.export import export_run
+    from jobs.export.stage import export_run
 
     run, recipe = make_run(tmp_path, "lora")
     done = export_run(run, with_export(recipe, gguf="q4_0"))
@@ -106,7 +106,7 @@ def test_export_writes_gguf_next_to_the_merged_model(tmp_path: Path, launch: Cal
         launch("export", "r1", "--format", "gguf", "--adapter-only"))
     assert "export.gguf: Input should be 'f16', 'q8_0' or 'q4_0'" in assert_one_error_line(
         launch("export", "r1", "--format", "gguf", "--quant", "q2_k"))
-    assert len(versions(run)) == 1
+    assert len(run.versions()) == 1
 
 
 def test_other_architectures_are_refused(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.judge import parse_verdict, read_questions
-from launchers.errors import UserError
+from jobs.interactive.judge import parse_verdict, read_questions
+from jobs.spec.errors import UserError
 from tests.unit.judge_server import JudgeServer
 from tests.unit.launch_harness import CliResult, assert_one_error_line
 from tests.unit.test_export import make_run
@@ -92,7 +92,7 @@ def test_a_position_biased_judge_yields_ties(two_runs: Path, launch: Callable[..
 )
 def test_judge_failures_are_one_line(two_runs: Path, launch: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch,
                                      mode: str, key: str, message: str) -> None:
-    monkeypatch.setattr("jobs.judge.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("jobs.interactive.judge.time.sleep", lambda seconds: None)
     with JudgeServer(key, mode=mode) as server:
         line = assert_one_error_line(judge(launch, server, two_runs))
     assert line.endswith(message) and KEY not in line

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launchers.cli import main
+from launchers.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -57,8 +57,8 @@ def test_a_secret_in_an_override_is_redacted_and_never_echoed(capsys: pytest.Cap
     ("before:1", "'before:1' is not TYPE:JOBID"),
 ])
 def test_dependency_format_and_lookup(text: str, message: str) -> None:
-    from launchers.chain import check_dependency
-    from launchers.errors import UserError
+    from launchers.submit.chain import check_dependency
+    from jobs.spec.errors import UserError
 
     with pytest.raises(UserError, match=re.escape(message)):
         check_dependency(text)

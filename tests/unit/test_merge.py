@@ -1,4 +1,4 @@
-"""jobs.merge on tiny random models (Llama, GPTBigCode, GPT-2) saved in several shards: the streamed merge must give
+"""jobs.export.merge on tiny random models (Llama, GPTBigCode, GPT-2) saved in several shards: the streamed merge must give
 the logits PEFT gives with the adapter attached, load strictly, and refuse what it cannot merge correctly.
 
     .venv/bin/python -m pytest tests/unit/test_merge.py -q
@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from jobs.merge import MergeReport, main, merge_adapter
+from jobs.export.merge import MergeReport, main, merge_adapter
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -292,7 +292,7 @@ def test_row_blocks_and_copy_chunks_do_not_change_the_result(model: str, tmp_pat
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The test models' tensors are far smaller than a block: shrink the blocks (and copy pieces) to a few rows
     so that every tensor is merged, replaced, interpolated and copied in many pieces."""
-    import jobs.merge
+    import jobs.export.merge
 
     if model == "llama-embedding":
         base = save_base(llama_config(), tmp_path / "base")
@@ -305,8 +305,8 @@ def test_row_blocks_and_copy_chunks_do_not_change_the_result(model: str, tmp_pat
         adapter = save_adapter(base, tmp_path / "adapter", target_modules=BIGCODE_TARGETS, bias="all",
                                modules_to_save=["ln_f"], randomize=lambda n: n.endswith("bias") or "ln_f" in n)
     merge_adapter(base, adapter, tmp_path / "whole", weight=0.8)
-    monkeypatch.setattr(jobs.merge, "BLOCK_BYTES", 3 * 32 * 4)  # 3 rows of a 32-column float32 block
-    monkeypatch.setattr(jobs.merge, "COPY_CHUNK_BYTES", 100)  # not a multiple of any element count
+    monkeypatch.setattr(jobs.export.merge, "BLOCK_BYTES", 3 * 32 * 4)  # 3 rows of a 32-column float32 block
+    monkeypatch.setattr(jobs.export.merge, "COPY_CHUNK_BYTES", 100)  # not a multiple of any element count
     merge_adapter(base, adapter, tmp_path / "pieces", weight=0.8)
 
     whole, pieces = tensors(tmp_path / "whole"), tensors(tmp_path / "pieces")

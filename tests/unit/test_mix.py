@@ -1,4 +1,4 @@
-"""jobs.mix against PEFT's own add_weighted_adapter: the mixed adapter, attached to the base, must give the logits
+"""jobs.export.mix against PEFT's own add_weighted_adapter: the mixed adapter, attached to the base, must give the logits
 PEFT's mixed adapter gives (linear, svd, cat), on tiny Llama and GPT-2 (fan_in_fan_out) models.
 
     .venv/bin/python -m pytest tests/unit/test_mix.py -q
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from jobs.mix import mix_adapters
+from jobs.export.mix import mix_adapters
 from tests.unit.test_merge import FP32_ATOL, gpt2_config, llama_config, logits, save_adapter, save_base
 
 peft = pytest.importorskip("peft")

@@ -1,4 +1,4 @@
-"""jobs.packing: rows of exactly seq_length, every token once and in order, segments at document starts, masks that
+"""jobs.prepare.packing: rows of exactly seq_length, every token once and in order, segments at document starts, masks that
 follow their tokens — and tiny Llama / GPTBigCode models that see packed documents exactly as they see them alone."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTBigCodeConfig, LlamaConfig
 
-from jobs.packing import PackedRow, PackStats, pack, position_ids
+from jobs.prepare.packing import PackedRow, PackStats, pack, position_ids
 
 EOS, PAD = 0, 5
 

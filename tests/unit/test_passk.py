@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from jobs.humaneval import STOP_SEQUENCES, Problem, pass_at_k, program, score, truncate_completion
+from jobs.eval.humaneval import STOP_SEQUENCES, Problem, pass_at_k, program, score, truncate_completion
 
 
 def closed_form(n: int, c: int, k: int) -> float:

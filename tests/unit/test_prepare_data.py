@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from jobs.data import SourceReport, load_rows
-from jobs.prepare import TextEncoder, build_cache, cache_key, load_prepared
+from jobs.prepare.data import SourceReport, load_rows
+from jobs.prepare.stage import TextEncoder, build_cache, cache_key, load_prepared
 from launchers.recipe.load import RECIPES_ROOT, resolve
 
 TOKENIZER = RECIPES_ROOT / "assets" / "tokenizer"

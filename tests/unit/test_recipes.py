@@ -1,7 +1,7 @@
 """Every shipped recipe (recipes/<model>/<method>.yaml) resolves, passes the file checks and plans; its LoRA targets
 name real modules of the architecture; `launch recipes` lists it and `launch show` prints it faithfully.
 
-This is the one unit-test file that imports torch/transformers (jobs.architecture builds each model on the meta
+This is the one unit-test file that imports torch/transformers (jobs.common.architecture builds each model on the meta
 device from the recipe's config.json: no weights, ~5 s for the imports).
 
     .venv/bin/python -m pytest tests/unit/test_recipes.py -q
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from launchers.plan import make_plan
+from launchers.recipe.plan import make_plan
 from launchers.recipe.checks import check_files
 from launchers.recipe.load import CATALOG_ENV, list_methods, list_models, resolve
 from tests.unit.launch_harness import CliResult
@@ -71,7 +71,7 @@ def test_lora_targets_match_the_architecture(method: str, model: str) -> None:
     if recipe.method.lora is None:
         pytest.skip("no LoRA in this recipe")
     assert recipe.model.config is not None, "a LoRA recipe needs model.config for the offline target check"
-    from jobs.architecture import lora_target_report
+    from jobs.common.architecture import lora_target_report
 
     report = lora_target_report(recipe.model.config, recipe.method.lora.target_modules)
     assert report.linear_names, f"{report.architecture} has no Linear/Conv1D modules?"

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from launchers.stage import export_torch_distributed
+from launchers.submit.stage import export_torch_distributed
 
 EXPORTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

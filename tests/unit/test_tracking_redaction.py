@@ -1,4 +1,4 @@
-"""Secrets never reach MLflow (jobs.redaction), and long params become an artifact instead of an error.
+"""Secrets never reach MLflow (jobs.spec.redaction), and long params become an artifact instead of an error.
 
 - keys named like secrets are redacted whole; words are split, so tokenizer/max_tokens/author are not secrets
 - values shaped like tokens are redacted wherever they appear (params, tags, YAML, JSON, logs, sbatch scripts)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.redaction import REDACTED, is_secret_key, redact_text, redact_tree, redact_value
+from jobs.spec.redaction import REDACTED, is_secret_key, redact_text, redact_tree, redact_value
 
 HF = "hf_" + "Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0"  # 30 characters after the prefix: shaped like a Hugging Face token
 
@@ -76,9 +76,9 @@ def test_parent_run_params_are_redacted_and_long_values_become_an_artifact(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from jobs.context import RankContext
-    from jobs.tracking import MAX_PARAM_CHARS, Tracker
-    from launchers.plan import make_plan
+    from jobs.spec.context import RankContext
+    from jobs.track.tracker import MAX_PARAM_CHARS, Tracker
+    from launchers.recipe.plan import make_plan
     from launchers.recipe.load import resolve
 
     long_description = f"token {HF} " + "x" * 10_000

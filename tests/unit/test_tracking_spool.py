@@ -1,4 +1,4 @@
-"""The MLflow spool (jobs.spool) and the tracker on top of it, against a real local MLflow store (sqlite), with an
+"""The MLflow spool (jobs.track.spool) and the tracker on top of it, against a real local MLflow store (sqlite), with an
 outage simulated by a closed 127.0.0.1 port — no fake transport.
 
 - a spool replays in order: runs created (child under parent), metrics with their original steps and timestamps
@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from jobs.context import RankContext
-from jobs.spool import Sender, Spool
-from launchers.errors import UserError
+from jobs.spec.context import RankContext
+from jobs.track.spool import Sender, Spool
+from jobs.spec.errors import UserError
 
 HANG_GUARD_S = 60  # never a performance assertion: only "it did not wait for MLflow's 4-minute retries"
 
@@ -160,7 +160,7 @@ def test_refused_line_is_set_aside_and_a_torn_line_skipped(tmp_path: Path, store
 
 
 def tracker(path: Path, stage: str = "train") -> Any:
-    from jobs.tracking import Tracker
+    from jobs.track.tracker import Tracker
 
     return Tracker(RankContext(run_dir=path), stage, system_metrics=False)
 

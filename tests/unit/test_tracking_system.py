@@ -1,4 +1,4 @@
-"""System metrics (jobs.tracking.SystemMonitor) and small tracking helpers.
+"""System metrics (jobs.track.tracker.SystemMonitor) and small tracking helpers.
 
 - on this CPU: system/cpu_percent, system/memory_rss_gb, system/memory_used_percent, and a peak memory
 - with NVML and CUDA: one set of system/gpu<i>/* per visible GPU, in CUDA order (NVML is replaced by a stand-in
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from jobs.context import RankContext
-from jobs.tracking import SystemMonitor, Tracker, git_commit, peak_memory_gb
+from jobs.spec.context import RankContext
+from jobs.track.tracker import SystemMonitor, Tracker, git_commit, peak_memory_gb
 
 
 def monitor(tmp_path: Path) -> SystemMonitor:

@@ -1,4 +1,4 @@
-"""Test-only stand-in for vLLM, which needs a GPU: the slice of its offline API that jobs/vllm_engine.py uses.
+"""Test-only stand-in for vLLM, which needs a GPU: the slice of its offline API that jobs/eval/vllm_engine.py uses.
 
 With tests/shims/vllm_on_cpu on PYTHONPATH, `import vllm` finds this package: `LLM`, `SamplingParams` and (in
 vllm.lora.request) `LoRARequest`, with vLLM's keyword names and the rules of theirs the engine must respect —

@@ -1,0 +1,2 @@
+"""The export stage: versioned exports — streaming LoRA merge, ZeRO-3 consolidation, adapter mixing, GGUF, model
+card (`stage.export`)."""

@@ -1,0 +1,1 @@
+"""The prepare stage: tokenize, FIM, pack into a content-keyed Arrow cache (`stage.prepare`)."""

@@ -1,0 +1,24 @@
+"""What a job is told about where it runs: its rank and its run directory. Nothing else.
+
+The launcher (`launchers.submit.stage`) builds this from submitit's environment; a test builds it by hand. Jobs never read
+SLURM_* variables themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RankContext:
+    run_dir: Path
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    attempt: str = "0"  # this attempt of the job, the same on every rank: job id and requeue count ("1234.0")
+
+    @property
+    def is_main(self) -> bool:
+        """Global rank 0: the only rank that writes shared files and talks to MLflow."""
+        return self.rank == 0

@@ -1,0 +1,106 @@
+"""The callable submitit runs on every rank: the seam between where a stage runs and what it does.
+
+It turns submitit's environment into torch.distributed variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+derived from the job id; every GPU of the node left visible, rank r on cuda:LOCAL_RANK) and a
+`jobs.spec.context.RankContext`, records the attempt in <run>/attempts.jsonl (rank 0), then calls the job. The job
+module is imported here, on the node, so the launcher never imports torch.
+
+Preemption and time limits: a Stage is submitit-checkpointable. On SLURM's warning signal rank 0 requeues the same
+stage, which resumes from the newest complete checkpoint in the run directory (the train stage does not save on
+the signal: it relies on its last checkpoint, `training.save_steps` apart) and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.spec.context import RankContext
+from jobs.spec.plan import Plan
+from jobs.spec.rundir import RunDir
+from jobs.spec.schema import Recipe
+
+StageJob = Callable[[Recipe, Plan, RankContext], Any]
+
+
+def job_of(stage: str) -> StageJob:
+    """The job function a rank of `stage` calls (one per name of `jobs.spec.stages.STAGES`). Imported here, on the
+    node, so the launcher never imports torch."""
+    if stage == "prepare":
+        from jobs.prepare.stage import prepare
+
+        return prepare
+    if stage == "train":
+        from jobs.train.stage import train
+
+        return train
+    if stage == "export":
+        from jobs.export.stage import export
+
+        return export
+    if stage == "eval":
+        from jobs.eval.stage import evaluate
+
+        return evaluate
+    raise ValueError(f"no job for stage {stage!r}")
+
+
+def export_torch_distributed() -> Any:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from submitit's environment.
+
+    CUDA_VISIBLE_DEVICES stays as SLURM (or the local executor) set it, every GPU granted on the node: accelerate,
+    DeepSpeed and the jobs put rank r on cuda:LOCAL_RANK. submitit's default would narrow it to the rank's own GPU,
+    seen as cuda:0, and every rank but the first of a node would fail with "invalid device ordinal"."""
+    import submitit
+
+    return submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run_dir: str
+    recipe: Recipe
+    plan: Plan
+    requeue: bool = True
+
+    def __call__(self) -> Any:
+        import submitit
+
+        env = export_torch_distributed()
+        job = submitit.JobEnvironment()
+        context = RankContext(
+            run_dir=Path(self.run_dir), rank=env.rank, local_rank=env.local_rank, world_size=env.world_size,
+            attempt=f"{job.job_id}.{os.environ.get('SLURM_RESTART_COUNT', '0')}",
+        )
+        node = job.hostnames[job.node] if job.node < len(job.hostnames) else job.hostname
+        print(f"[{self.name}] rank {env.rank}/{env.world_size} on node {node} (job {job.job_id})", flush=True)
+        if context.is_main:
+            RunDir(context.run_dir).record_attempt(self.name, str(job.job_id), node)
+        result = job_of(self.name)(self.recipe, self.plan, context)
+        leave_process_group()
+        # The work is done: a time-limit warning arriving now (a job that ends in its last minutes) must neither
+        # requeue it nor kill the process while submitit writes the result.
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        return result
+
+    def checkpoint(self) -> Any:
+        """Requeue this stage unchanged (it resumes from what the run directory holds), unless --no-requeue."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self) if self.requeue else None
+
+
+def leave_process_group() -> None:
+    """Every rank waits for the others, then torch.distributed is torn down in order. Left to interpreter exit,
+    gloo's threads can abort a rank whose work is done ("terminate called without an active exception"), and SLURM
+    marks the whole job FAILED."""
+    dist = sys.modules.get("torch.distributed")  # a stage that never imported torch has nothing to tear down
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -133,21 +133,13 @@ class ServeJob:
 
 def submit_server(spec: ServerSpec, root: Path, params: dict[str, object], wait_s: float) -> int:
     """sbatch the server; wait until it answers (or its job ends) and print the URI to export."""
-    import submitit
-    from submitit.core.utils import FailedJobError
-
-    from launchers.submit.chain import sbatch_message
+    from launchers.submit.slurm import slurm_executor, submit
 
     folder = root / SERVER_DIR
     folder.mkdir(parents=True, exist_ok=True)
     uri_file = folder / URI_FILE
     uri_file.unlink(missing_ok=True)
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
-    executor.update_parameters(**params)
-    try:
-        job = executor.submit(ServeJob(spec, str(uri_file)))
-    except FailedJobError as err:
-        raise UserError(f"sbatch refused the server job: {sbatch_message(str(err))}") from None
+    job = submit(slurm_executor(folder, params), ServeJob(spec, str(uri_file)), "server job")
     print(f"Submitted batch job {job.job_id} (mlflow-server); waiting for it to answer", flush=True)
     deadline = time.monotonic() + wait_s
     while not uri_file.exists():

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.spec.stages import STAGE_NAMES
 from jobs.spec.errors import UserError, did_you_mean
 from jobs.spec.rundir import EXPORT_RECORD, LAUNCH_FILE, RunDir, pid_alive
+from jobs.spec.stages import STAGE_NAMES
 from launchers.text import table
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",

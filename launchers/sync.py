@@ -34,7 +34,8 @@ def sync_run(run_dir: Path, *, uri: str | None = None, lock_timeout_s: float = 3
     else that server, from mlflow.json). An unreachable server, a different server, or a spool busy with another
     sender is a UserError (one line); nothing spooled is lost either way.
     """
-    from jobs.track.spool import Sender, Spool, resolve_uri
+    from jobs.track.sender import Sender
+    from jobs.track.spool import Spool, resolve_uri
 
     run = RunDir(Path(run_dir))
     label = f"{run.experiment}/{run.name}"

@@ -17,8 +17,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from jobs.common.build_once import build_once
 from jobs.spec.context import RankContext
+from jobs.spec.rundir import COMPLETE_MARKER, RunDir
 from jobs.spec.schema import Recipe
-from jobs.spec.rundir import COMPLETE_MARKER
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
 WAIT_FOR_BASE_S = 600

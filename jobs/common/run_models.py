@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec.context import RankContext
-from jobs.spec.schema import Recipe
 from jobs.spec.rundir import RunDir
+from jobs.spec.schema import Recipe
 
 MODELS = ("merged", "adapter", "base")
 

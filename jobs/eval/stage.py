@@ -35,14 +35,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jobs.spec.context import RankContext
+from jobs.common.run_models import RunModel, choose_run_model, load_chosen, load_run_model
 from jobs.eval.fim_eval import fim_prompt
 from jobs.eval.generation import Engine, GenerationRequest, GenerationSettings, TransformersEngine, engine_name
 from jobs.eval.humaneval import STOP_SEQUENCES
-from jobs.common.run_models import RunModel, choose_run_model, load_chosen, load_run_model
+from jobs.spec.context import RankContext
 from jobs.spec.plan import Plan
-from jobs.spec.schema import EvalSpec, Recipe
 from jobs.spec.rundir import RunDir, timestamp, write_atomic
+from jobs.spec.schema import EvalSpec, Recipe
 
 EVAL_DIR = "eval"
 
@@ -65,8 +65,8 @@ def evaluate(recipe: Recipe, plan: Plan, context: RankContext) -> str:
 def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Path | None, dict[str, Any]]:
     """(results directory, the record written to its results.json) on rank 0; (None, {}) on the other ranks, which
     only generate."""
-    from jobs.eval.humaneval import load_problems
     from jobs.common.model import load_tokenizer
+    from jobs.eval.humaneval import load_problems
 
     spec = recipe.eval
     engine_wanted = engine_name(spec.engine)  # an explicit vllm where it is not installed fails here, first
@@ -197,8 +197,8 @@ def score_humaneval(problems: Sequence[Any], completions: Sequence[Sequence[str]
 
 def fim_examples_for(tokenizer: Any, spec: EvalSpec, seed: int, context: RankContext) -> list[Any]:
     """The masked spans to ask for; none when the tokenizer has no FIM sentinels (said once, by rank 0)."""
-    from jobs.prepare.fim import fim_tokens
     from jobs.eval.fim_eval import code_documents, fim_examples
+    from jobs.prepare.fim import fim_tokens
 
     try:
         fim_tokens(tokenizer)

@@ -33,14 +33,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from jobs.spec.context import RankContext
-from jobs.eval.generation import GenerationRequest, GenerationSettings
 from jobs.common.run_models import RunModel
+from jobs.eval.generation import GenerationRequest, GenerationSettings
+from jobs.spec.context import RankContext
 from jobs.spec.schema import Recipe
 
 # LoRA ranks vLLM compiles its kernels for: the adapter's rank is rounded up to the next one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The job's torch.distributed world, which the child must not see (vLLM would join it instead of starting its own).
 DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
                          "MASTER_ADDR", "MASTER_PORT")

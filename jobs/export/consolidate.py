@@ -35,12 +35,22 @@ from typing import Any
 
 import torch
 
-from jobs.export.merge import (CONFIG_FILES, HF_DTYPE_NAMES, SHARD_INDEX, ST_DTYPES, TOKENIZER_FILES, StreamWriter,
-                        header_bytes, st_dtype)
+from jobs.common.hf_files import (
+    CONFIG_FILES,
+    HF_DTYPE_NAMES,
+    SHARD_INDEX,
+    ST_BYTES,
+    TOKENIZER_FILES,
+    StreamWriter,
+    header_bytes,
+    st_dtype,
+    torch_dtypes,
+)
 
 SHARD_BYTES = 2 << 30  # output shards, as save_pretrained's 2 GB default; nothing holds a whole shard in memory
 REMAP_BYTES = 32 << 20  # optimizer-file pages read before the files are mapped afresh
-ST_NAMES = {torch_dtype: name for name, (torch_dtype, _) in ST_DTYPES.items()}
+TORCH_DTYPES = torch_dtypes()
+ST_NAMES = {torch_dtype: name for name, torch_dtype in TORCH_DTYPES.items()}
 _RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
 
 
@@ -137,7 +147,7 @@ def consolidate_zero3(checkpoint_dir: Path, out_dir: Path, dtype: str | None = N
     entries = []  # (name, safetensors dtype, shape, bytes)
     for name, shape, source in checkpoint.layout():
         kind = out_dtype if source.is_floating_point else ST_NAMES[source]
-        entries.append((name, kind, shape, math.prod(shape) * ST_DTYPES[kind][1]))
+        entries.append((name, kind, shape, math.prod(shape) * ST_BYTES[kind]))
     shards = _split(entries, shard_bytes)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -153,7 +163,7 @@ def consolidate_zero3(checkpoint_dir: Path, out_dir: Path, dtype: str | None = N
                     for name, kind, _, _ in shard:
                         got, tensor = next(tensors)
                         assert got == name, (got, name)  # the layout and the tensors come in the same order
-                        sink.write(tensor.to(ST_DTYPES[kind][0]))
+                        sink.write(tensor.to(TORCH_DTYPES[kind]))
                 finally:
                     sink.close()
         if len(shards) > 1:

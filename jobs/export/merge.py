@@ -2,6 +2,7 @@
 
     merge_adapter(base_dir, adapter_dir, out_dir, weight=1.0, dtype=None) -> MergeReport
     python -m jobs.export.merge BASE_DIR ADAPTER_DIR OUT_DIR [--weight 0.8] [--dtype bfloat16]
+    .venv/bin/python -m pytest tests/unit/test_merge.py -q          # against PEFT's logits; bench/merge_stream.py
 
 `base_dir` is a Hugging Face model directory with safetensors weights (`model.safetensors`, or
 `model-0000x-of-0000y.safetensors` + `model.safetensors.index.json`); `adapter_dir` a PEFT LoRA adapter
@@ -23,7 +24,9 @@ memory map (safe_open): pages of a mapped file count towards the process's resid
 open, which would put a whole shard back into the peak. The safetensors format (an 8-byte little-endian header
 length, a JSON header of dtype/shape/data_offsets and `__metadata__`, then the raw little-endian data) is read and
 written here directly so that a tensor never has to be whole in memory; the result is checked by `safetensors` and
-`from_pretrained` in the tests.
+`from_pretrained` in the tests. The header reading/writing, shard discovery, 4-bit checks and the writer thread
+are `jobs.common.hf_files` (shared with consolidation and the launcher's transfer check); the adapter is read by
+`jobs.common.lora_adapter`.
 
 Never into 4-bit weights: a base whose config.json has a `quantization_config`, or whose shards hold bitsandbytes
 state (`.absmax`, `.quant_map`, `.quant_state.*`, `.SCB`), is refused — merge into the original 16-bit weights,
@@ -41,71 +44,40 @@ import argparse
 import json
 import math
 import os
-import queue
-import re
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-SINGLE_SHARD = "model.safetensors"
-SHARD_INDEX = "model.safetensors.index.json"
-PEFT_PREFIX = "base_model.model."
-NOT_4BIT = "merge into the original 16-bit weights, not the 4-bit base"
+from jobs.common.hf_files import (
+    CONFIG_FILES,
+    FLOAT_DTYPES,
+    HF_DTYPE_NAMES,
+    NOT_4BIT,
+    SHARD_INDEX,
+    ST_BYTES,
+    TOKENIZER_FILES,
+    Entry,
+    Shard,
+    StreamWriter,
+    base_shards,
+    check_not_quantized,
+    header_bytes,
+    read_header,
+    st_dtype,
+    torch_dtypes,
+)
+from jobs.common.lora_adapter import Adapter, Lora, load_adapter
 
 COPY_CHUNK_BYTES = 16 << 20  # unchanged tensors are copied in pieces of this size
 BLOCK_BYTES = 16 << 20  # merged tensors are computed in row blocks of at most this many float32 bytes
-
-CONFIG_FILES = ("config.json", "generation_config.json")
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt", "chat_template.jinja", "chat_template.json",
-)
-
-# safetensors dtype names → (torch dtype, bytes per element)
-ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
-    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
-    "F8_E4M3": (torch.float8_e4m3fn, 1), "F8_E5M2": (torch.float8_e5m2, 1),
-}
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-DTYPE_ALIASES = {
-    "bfloat16": "BF16", "bf16": "BF16", "float16": "F16", "fp16": "F16", "half": "F16",
-    "float32": "F32", "fp32": "F32", "float": "F32",
-}
-HF_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 F16_MAX = 65504.0
-
-# Adapter-config fields that make an adapter something other than plain LoRA (PEFT marks most of them as LoRA
-# variants with their own merge), or that change which weights exist.
-REFUSED_FIELDS = {
-    "use_dora": "DoRA (use_dora) rescales each merged weight by a learned magnitude",
-    "lora_bias": "lora_bias adds a bias to lora_B",
-    "use_qalora": "QALoRA pools its inputs",
-    "use_bdlora": "BD-LoRA uses block-diagonal factors",
-    "velora_config": "VeLoRA is a LoRA variant",
-    "kasa_config": "KaSA truncates the base weights' singular values",
-    "monteclora_config": "MonteCLoRA samples its factors",
-    "arrow_config": "Arrow routes between adapters per token",
-    "alora_invocation_tokens": "an activated LoRA (aLoRA) applies only after its invocation tokens",
-    "target_parameters": "target_parameters adapts nn.Parameters (fused MoE experts)",
-    "layer_replication": "layer_replication builds a different stack of layers",
-    "trainable_token_indices": "trainable_token_indices trains single embedding rows",
-    "megatron_config": "Megatron-parallel LoRA layers",
-}
-# init_lora_weights values that rewrite the base weights (or are variants): the adapter needs the modified base.
-REFUSED_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga", "mica")
-_BNB_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".SCB", ".weight_format")
-_BNB_PARTS = (".quant_state.", ".weight.quant_state")
+TORCH_DTYPES = torch_dtypes()
 
 
 @dataclass(frozen=True)
@@ -126,78 +98,6 @@ class MergeReport:
                 f"→ {self.out_dir}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# safetensors, tensor by tensor
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One tensor of a safetensors file; `start`/`end` are absolute byte positions in the file."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class _Shard:
-    path: Path
-    entries: tuple[_Entry, ...]  # in file order
-    metadata: dict[str, str] | None
-
-
-def _read_header(path: Path) -> _Shard:
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise ValueError(f"{path} is not a safetensors file (shorter than its header length)")
-        length = int.from_bytes(prefix, "little")
-        if length > 512 << 20:
-            raise ValueError(f"{path} is not a safetensors file (header length {length})")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not a safetensors file: header is not JSON ({error})") from None
-    size = path.stat().st_size
-    data_start = 8 + length
-    metadata = header.pop("__metadata__", None)
-    entries = []
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        entries.append(_Entry(name, info["dtype"], tuple(info["shape"]), data_start + begin, data_start + end))
-    entries.sort(key=lambda entry: entry.start)
-    position = data_start
-    for entry in entries:
-        itemsize = ST_DTYPES.get(entry.dtype, (None, None))[1]
-        if entry.start != position or (itemsize and entry.end - entry.start != entry.numel * itemsize):
-            raise ValueError(f"{path}: tensor {entry.name} has inconsistent data offsets (a truncated file?)")
-        position = entry.end
-    if position != size:
-        raise ValueError(f"{path}: header describes {position} bytes, the file has {size} (a truncated file?)")
-    return _Shard(path, tuple(entries), metadata)
-
-
-def header_bytes(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None) -> bytes:
-    """The header for (name, dtype, shape, nbytes) tensors laid out in that order, padded to 8 bytes like
-    safetensors itself."""
-    header: dict[str, Any] = {}
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    offset = 0
-    for name, dtype, shape, nbytes in tensors:
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text
-
-
 def _read_into(handle: BinaryIO, position: int, nbytes: int) -> torch.Tensor:
     """nbytes from `position` as a uint8 tensor."""
     buffer = torch.empty(nbytes, dtype=torch.uint8)
@@ -212,248 +112,11 @@ def _read_into(handle: BinaryIO, position: int, nbytes: int) -> torch.Tensor:
     return buffer
 
 
-class StreamWriter:
-    """Writes tensors' bytes to a file, in order, from a background thread, so that writing one block overlaps
-    reading and merging the next (both release the GIL). At most `depth` blocks wait; a write error is raised in
-    the caller at its next write or at close."""
-
-    def __init__(self, handle: BinaryIO, depth: int = 2) -> None:
-        self._handle = handle
-        self._queue: queue.Queue[torch.Tensor | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="merge-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (data := self._queue.get()) is not None:
-            if self._error is None:  # after an error, keep draining so that the caller never blocks
-                try:
-                    self._handle.write(memoryview(data.numpy()))
-                except BaseException as error:  # noqa: BLE001 - re-raised in the caller
-                    self._error = error
-
-    def write(self, tensor: torch.Tensor) -> int:
-        if self._error is not None:
-            raise self._error
-        data = tensor.contiguous().reshape(-1).view(torch.uint8)
-        self._queue.put(data)
-        return data.numel()
-
-    def close(self, raise_error: bool = True) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if raise_error and self._error is not None:
-            raise self._error
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the adapter
-
-
-@dataclass
-class Lora:
-    """One LoRA module: W[out, in] += scale · B @ A, or W[in, out] += scale · (B @ A)ᵀ when transposed."""
-
-    module: str
-    kind: str  # "linear" or "embedding"
-    a: torch.Tensor | None = None
-    b: torch.Tensor | None = None
-    scale: float = 0.0
-    transposed: bool = False
-
-
-@dataclass
-class Adapter:
-    config: dict[str, Any]
-    loras: dict[str, Lora] = field(default_factory=dict)  # base tensor name → module
-    replacements: dict[str, torch.Tensor] = field(default_factory=dict)  # base tensor name → saved tensor
-
-
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's get_pattern_key: the first pattern that matches the end of the module path (regex allowed)."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def _check_adapter_config(config: dict[str, Any], adapter_dir: Path) -> None:
-    peft_type = str(config.get("peft_type", "")).upper()
-    if peft_type != "LORA":
-        raise ValueError(f"adapter {adapter_dir} is {config.get('peft_type')!r}, not LORA: only LoRA/QLoRA adapters "
-                         "merge here")
-    for name, why in REFUSED_FIELDS.items():
-        if config.get(name):
-            raise ValueError(f"adapter {adapter_dir} sets {name}: {why}; only plain LoRA merges here")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(REFUSED_INITS):
-        raise ValueError(f"adapter {adapter_dir} was initialised with init_lora_weights={init!r}, which rewrites the "
-                         "base weights: convert it to plain LoRA first (PEFT's save_pretrained(..., "
-                         "path_initial_model_for_weight_conversion=...))")
-    if config.get("bias", "none") not in ("none", "all", "lora_only"):
-        raise ValueError(f"adapter {adapter_dir}: bias={config.get('bias')!r} is not one of none, all, lora_only")
-    if not config.get("r") or not config.get("lora_alpha"):
-        raise ValueError(f"adapter {adapter_dir}: adapter_config.json lacks r or lora_alpha")
-
-
-def load_adapter(adapter_dir: Path, weight: float) -> Adapter:
-    from safetensors.torch import load_file
-
-    config_path = adapter_dir / ADAPTER_CONFIG
-    if not config_path.is_file():
-        raise ValueError(f"adapter {adapter_dir}: no {ADAPTER_CONFIG} (not a PEFT adapter directory)")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    _check_adapter_config(config, adapter_dir)
-    weights_path = adapter_dir / ADAPTER_WEIGHTS
-    if not weights_path.is_file():
-        other = " (adapter_model.bin is pickle: save with safe_serialization)" if (
-            adapter_dir / "adapter_model.bin").exists() else ""
-        raise ValueError(f"adapter {adapter_dir}: no {ADAPTER_WEIGHTS}{other}")
-
-    adapter = Adapter(config)
-    by_module: dict[str, Lora] = {}
-    for key, tensor in load_file(str(weights_path)).items():
-        if not key.startswith(PEFT_PREFIX):
-            raise ValueError(f"adapter {adapter_dir}: key {key} does not start with {PEFT_PREFIX!r} (not saved by "
-                             "PEFT from a causal LM?)")
-        rest = key[len(PEFT_PREFIX):]
-        if match := re.fullmatch(r"(.+)\.lora_([AB])\.weight", rest):
-            module, side, kind = match.group(1), match.group(2), "linear"
-        elif match := re.fullmatch(r"(.+)\.lora_embedding_([AB])", rest):
-            module, side, kind = match.group(1), match.group(2), "embedding"
-        elif "lora_" in rest:
-            raise ValueError(f"adapter {adapter_dir}: tensor {key} is not a LoRA A/B weight this merge understands")
-        else:  # saved whole: trained biases, modules_to_save, embedding layers ("<module>.base_layer.weight")
-            if ".original_module." in rest:  # the frozen original of a modules_to_save (bias="all" saves it too)
-                continue
-            target = rest.replace(".base_layer.", ".").replace(".modules_to_save.", ".")
-            if target in adapter.replacements and not torch.equal(adapter.replacements[target], tensor):
-                raise ValueError(f"adapter {adapter_dir}: two different tensors saved for {target}")
-            adapter.replacements[target] = tensor
-            continue
-        lora = by_module.setdefault(module, Lora(module, kind))
-        if lora.kind != kind:
-            raise ValueError(f"adapter {adapter_dir}: module {module} has both linear and embedding LoRA weights")
-        if side == "A":
-            lora.a = tensor
-        else:
-            lora.b = tensor
-
-    rslora = bool(config.get("use_rslora"))
-    fan_in_fan_out = bool(config.get("fan_in_fan_out"))
-    for module, lora in by_module.items():
-        if lora.a is None or lora.b is None:
-            raise ValueError(f"adapter {adapter_dir}: module {module} has lora_{'B' if lora.a is None else 'A'} "
-                             "but not its partner")
-        if lora.a.ndim != 2 or lora.b.ndim != 2:
-            raise ValueError(f"adapter {adapter_dir}: module {module} has {lora.a.ndim}-d LoRA weights (a conv "
-                             "layer?): only linear and embedding layers merge here")
-        r = int(_pattern_value(config.get("rank_pattern") or {}, module, config["r"]))
-        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]))
-        if lora.a.shape[0] != r or lora.b.shape[1] != r:
-            raise ValueError(f"adapter {adapter_dir}: module {module} has rank {lora.a.shape[0]}, "
-                             f"adapter_config.json says r={r} (rank_pattern)")
-        lora.scale = weight * (alpha / math.sqrt(r) if rslora else alpha / r)
-        lora.transposed = lora.kind == "embedding" or fan_in_fan_out
-        compute = torch.float64 if torch.float64 in (lora.a.dtype, lora.b.dtype) else torch.float32
-        lora.a, lora.b = lora.a.to(compute), lora.b.to(compute)
-        adapter.loras[f"{module}.weight"] = lora
-    if not adapter.loras:
-        raise ValueError(f"adapter {adapter_dir}: {ADAPTER_WEIGHTS} holds no LoRA weights")
-    # PEFT's safe merge looks for NaN/inf in every merged weight; a finite adapter cannot produce them from a finite
-    # base (bf16/fp32 overflow would need |ΔW| ~ 1e38), so checking the adapter once costs nothing per block.
-    for lora in adapter.loras.values():  # a NaN or inf anywhere makes the (float64) sum non-finite
-        if not math.isfinite(lora.a.double().sum().item() + lora.b.double().sum().item()):
-            raise ValueError(f"adapter {adapter_dir}: module {lora.module} has NaN or infinite LoRA weights (a broken "
-                             "adapter)")
-    for name, tensor in adapter.replacements.items():
-        if tensor.is_floating_point() and not math.isfinite(tensor.double().sum().item()):
-            raise ValueError(f"adapter {adapter_dir}: {name} has NaN or infinite values (a broken adapter)")
-    return adapter
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the base
-
-
-def _base_shards(base_dir: Path) -> tuple[list[str], dict[str, Any] | None]:
-    """Shard file names in order, and the index json (None for a single model.safetensors)."""
-    index_path = base_dir / SHARD_INDEX
-    if index_path.is_file():
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        names = sorted(set(index.get("weight_map", {}).values()))
-        if not names:
-            raise ValueError(f"base {base_dir}: {SHARD_INDEX} has an empty weight_map")
-        return names, index
-    if (base_dir / SINGLE_SHARD).is_file():
-        return [SINGLE_SHARD], None
-    pickles = sorted(p.name for p in base_dir.glob("pytorch_model*.bin")) if base_dir.is_dir() else []
-    hint = f" ({pickles[0]} is pickle: re-save the base with safetensors)" if pickles else ""
-    raise ValueError(f"base {base_dir}: no {SINGLE_SHARD} or {SHARD_INDEX}{hint}")
-
-
-def tensor_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape in a safetensors model directory, read from the shard headers only."""
-    names, _ = _base_shards(Path(model_dir))
-    return {entry.name: entry.shape for name in names for entry in _read_header(Path(model_dir) / name).entries}
-
-
-def check_transfer(trained_on: Path, target: Path) -> None:
-    """ValueError unless `target` has the architecture and every tensor shape of the base an adapter was trained on
-    (the seed moved a StarCoder LoRA onto OctoCoder): the first difference is named."""
-    configs = [json.loads((Path(d) / "config.json").read_text(encoding="utf-8")) if (Path(d) / "config.json").is_file()
-               else {} for d in (trained_on, target)]
-    _check_config_not_quantized(target, configs[1])
-    for key in ("model_type", "architectures"):
-        if configs[0].get(key) != configs[1].get(key):
-            raise ValueError(f"base {target} is {key} {configs[1].get(key)!r}, the adapter was trained on "
-                             f"{configs[0].get(key)!r}: transfer needs the same architecture")
-    theirs, ours = tensor_shapes(trained_on), tensor_shapes(target)
-    for name, shape in theirs.items():
-        if name not in ours:
-            raise ValueError(f"base {target} has no tensor {name} (the adapter's base does): not the same architecture")
-        if ours[name] != shape:
-            raise ValueError(f"base {target}: {name} is {list(ours[name])}, {list(shape)} in the base the adapter was "
-                             "trained on: transfer needs identical shapes")
-    extra = next((name for name in ours if name not in theirs), None)
-    if extra is not None:
-        raise ValueError(f"base {target} has a tensor {extra} that the adapter's base lacks: not the same architecture")
-
-
-def _check_config_not_quantized(base_dir: Path, config: dict[str, Any]) -> None:
-    quantization = config.get("quantization_config")
-    if quantization:
-        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
-        raise ValueError(f"base {base_dir}: config.json has a quantization_config ({method}): {NOT_4BIT}")
-
-
-def _check_not_quantized(base_dir: Path, config: dict[str, Any], shards: list[_Shard]) -> None:
-    _check_config_not_quantized(base_dir, config)
-    for shard in shards:
-        for entry in shard.entries:
-            if entry.name.endswith(_BNB_SUFFIXES) or any(part in entry.name for part in _BNB_PARTS):
-                raise ValueError(f"base {base_dir}: {shard.path.name} holds bitsandbytes-quantized state "
-                                 f"({entry.name}): {NOT_4BIT}")
-
-
-def st_dtype(requested: str | None) -> str | None:
-    if requested is None:
-        return None
-    name = DTYPE_ALIASES.get(str(requested).lower().removeprefix("torch."))
-    if name is None:
-        raise ValueError(f"dtype {requested!r}: expected one of bfloat16, float16, float32 (never a 4-bit dtype)")
-    return name
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the merge
-
-
 @dataclass
 class _Plan:
     """What to do with one base tensor on its way out."""
 
-    entry: _Entry
+    entry: Entry
     out_dtype: str
     lora: Lora | None = None
     replacement: torch.Tensor | None = None
@@ -466,10 +129,10 @@ class _Plan:
     def out_bytes(self) -> int:
         if self.out_dtype == self.entry.dtype:
             return self.entry.end - self.entry.start
-        return self.entry.numel * ST_DTYPES[self.out_dtype][1]
+        return self.entry.numel * ST_BYTES[self.out_dtype]
 
 
-def _plan_shard(shard: _Shard, adapter: Adapter, out_dtype: str | None, base_dir: Path) -> list[_Plan]:
+def _plan_shard(shard: Shard, adapter: Adapter, out_dtype: str | None, base_dir: Path) -> list[_Plan]:
     plans = []
     for entry in shard.entries:
         target = entry.dtype if out_dtype is None or entry.dtype not in FLOAT_DTYPES else out_dtype
@@ -507,8 +170,8 @@ def _write_plan(plan: _Plan, source: BinaryIO, sink: StreamWriter, weight: float
         return written
     if entry.numel == 0:
         return 0
-    in_dtype, itemsize = ST_DTYPES[entry.dtype]
-    out_dtype = ST_DTYPES[plan.out_dtype][0]
+    in_dtype, itemsize = TORCH_DTYPES[entry.dtype], ST_BYTES[entry.dtype]
+    out_dtype = TORCH_DTYPES[plan.out_dtype]
     compute = torch.float64 if entry.dtype == "F64" else torch.float32
     rows = entry.shape[0] if entry.shape else 1
     columns = entry.numel // rows
@@ -582,9 +245,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path | None, out_dir: Path, *, we
 
     config_path = base_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    shard_names, index = _base_shards(base_dir)
-    shards = [_read_header(base_dir / name) for name in shard_names]
-    _check_not_quantized(base_dir, config, shards)
+    shard_names, index = base_shards(base_dir)
+    shards = [read_header(base_dir / name) for name in shard_names]
+    check_not_quantized(base_dir, config, shards)
     if index is not None:
         listed = {entry.name for shard in shards for entry in shard.entries}
         absent = [key for key in index["weight_map"] if key not in listed]

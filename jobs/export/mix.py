@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from jobs.export.merge import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, Adapter, Lora, load_adapter
+from jobs.common.hf_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from jobs.common.lora_adapter import PEFT_PREFIX, Adapter, Lora, load_adapter
 from jobs.spec.schema import EQUAL_RANK_COMBINATIONS
 
 COMBINATIONS = ("linear", "svd", "cat", "ties", "dare_linear")

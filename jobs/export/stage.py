@@ -42,8 +42,8 @@ from typing import Any
 from jobs.spec.context import RankContext
 from jobs.spec.errors import UserError
 from jobs.spec.plan import Plan
-from jobs.spec.schema import Recipe
 from jobs.spec.rundir import COMPLETE_MARKER, EXPORT_RECORD, RunDir, pid_alive, write_atomic
+from jobs.spec.schema import Recipe
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
@@ -122,10 +122,10 @@ def _remove_own_leftovers(root: Path) -> None:
 
 
 def _write_version(run: RunDir, recipe: Recipe, source: Path, staging: Path) -> dict[str, dict[str, Any]]:
-    from jobs.train.fsdp_state import consolidate_checkpoint, sharded_model
     from jobs.export.merge import merge_adapter
     from jobs.export.model_card import model_card
-    from jobs.track.tracker import model_manifest
+    from jobs.track.provenance import model_manifest
+    from jobs.train.fsdp_state import consolidate_checkpoint, sharded_model
 
     spec = recipe.export
     launch = run.read_json(run.launch_file).get("argv", [])
@@ -157,7 +157,7 @@ def _write_version(run: RunDir, recipe: Recipe, source: Path, staging: Path) -> 
         if spec.merge:
             base = base_weights(run, recipe)
             if spec.base is not None:
-                from jobs.export.merge import check_transfer
+                from jobs.common.hf_files import check_transfer
 
                 target = model_directory(spec.base, None)
                 check_transfer(base, target)

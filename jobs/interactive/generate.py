@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.spec.context import RankContext
-from jobs.spec.schema import Recipe
 from jobs.spec.rundir import RunDir
+from jobs.spec.schema import Recipe
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,9 @@ def run_generate(run: RunDir, recipe: Recipe, request: GenerateRequest) -> str:
     import torch
     from transformers import TextStreamer
 
-    from jobs.eval.fim_eval import psm_prompt
     from jobs.common.model import load_tokenizer
     from jobs.common.run_models import load_run_model
+    from jobs.eval.fim_eval import psm_prompt
 
     tokenizer = load_tokenizer(recipe)
     if request.prompt is None:

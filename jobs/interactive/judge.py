@@ -158,10 +158,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def answers(run: Any, recipe: Any, questions: Sequence[Question], which: str, max_new_tokens: int) -> list[str]:
     """Greedy answers of the run's model (jobs.common.run_models) through its chat template, one model in memory."""
-    from jobs.spec.context import RankContext
-    from jobs.eval.generation import GenerationSettings, generate
     from jobs.common.model import load_tokenizer
     from jobs.common.run_models import load_run_model
+    from jobs.eval.generation import GenerationSettings, generate
+    from jobs.spec.context import RankContext
 
     tokenizer = load_tokenizer(recipe)
     model, described = load_run_model(run, recipe, which, RankContext(run.path))

@@ -32,16 +32,16 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, disable_progress_bars, load_from_disk
 from datasets.table import InMemoryTable
 
-from jobs.spec.context import RankContext
 from jobs.common.build_once import build_once
+from jobs.common.model import load_tokenizer
 from jobs.prepare.data import SourceReport, load_rows, shape_row, split_documents
 from jobs.prepare.fim import FimTransform, fim_tokens
-from jobs.common.model import load_tokenizer
 from jobs.prepare.packing import PackStats, pack_arrays
-from jobs.track.tracker import Tracker
+from jobs.spec.context import RankContext
 from jobs.spec.plan import Plan
-from jobs.spec.schema import DataSpec, Recipe
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir, write_atomic
+from jobs.spec.schema import DataSpec, Recipe
+from jobs.track.tracker import Tracker
 
 PREPARE_VERSION = 1  # bump when the cache layout or tokenization changes
 BATCH = 256  # documents per tokenizer call (small enough to pipeline, large enough to batch)

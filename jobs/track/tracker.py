@@ -19,20 +19,19 @@ train/loss for all of them, is read from the local spool, not asked of the serve
 Secrets. Params, tags and the files sent are redacted first (jobs.spec.redaction): keys named like secrets and values
 shaped like tokens become "***redacted***". The environment is never logged.
 
-Params longer than MAX_PARAM_CHARS (500: what every MLflow server accepts; MLflow 3 takes 6000) are logged as a
-short pointer and written whole, redacted, to <run>/params-long.json, an artifact of the parent run.
+Params longer than 500 characters are logged as a short pointer and written whole, redacted, to
+<run>/params-long.json, an artifact of the parent run (jobs.track.launch_info).
 
 Metrics of the train child: what the trainer logs (train/loss, train/learning_rate, train/grad_norm,
-train/tokens_per_s, eval/loss, summary/*), the prepare report (data/*), system metrics every
-$CLUSTERFT_SYSTEM_METRICS_S seconds (default 15; 0 turns them off) — system/cpu_percent (the machine),
-system/memory_rss_gb (this process), system/memory_used_percent, and with NVML and CUDA system/gpu<i>/memory_used_gb,
-.../memory_used_percent, .../utilization_percent — and train/peak_memory_gb at the end (torch.cuda's peak on GPU,
-the process's peak RSS on CPU). GB are 10^9 bytes.
+train/tokens_per_s, eval/loss, summary/*), the prepare report (data/*), system metrics (system/*, see
+jobs.track.system) every $CLUSTERFT_SYSTEM_METRICS_S seconds (default 15; 0 turns them off) and
+train/peak_memory_gb at the end.
 
 Models. The final adapter of a LoRA/QLoRA run is an artifact (small). A full fine-tune is never uploaded by default:
 the train child gets tags clusterft.final_dir, clusterft.final_bytes (every file in final/) and
 clusterft.final_sha256 (sha256 of `sha256sum *.safetensors` in final/, computed streaming) and a manifest artifact
-with each file's size and sha256; CLUSTERFT_LOG_MODEL_ARTIFACTS=1 uploads final/ too. Checkpoints never are.
+with each file's size and sha256 (jobs.track.provenance); CLUSTERFT_LOG_MODEL_ARTIFACTS=1 uploads final/ too.
+Checkpoints never are.
 
 Tracking never drives control flow: a failure is reported once (on stdout, with the stage's output) and the
 stage goes on.
@@ -41,44 +40,30 @@ stage goes on.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
-import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from jobs.spec.context import RankContext
-from jobs.spec.stages import TRACKED_STAGES
-from jobs.spec.redaction import is_secret_key, redact_text, redact_tree, redact_value
-from jobs.track.spool import Sender, SenderThread, Spool, fast_http, now_ms
+from jobs.spec.redaction import redact_text, redact_value
 from jobs.spec.rundir import RunDir, public_uri, tracking_uri, write_atomic
+from jobs.spec.stages import TRACKED_STAGES
+from jobs.track.launch_info import LONG_PARAMS_FILE, launch_params, launch_tags, parent_tags, recipe_tags
+from jobs.track.provenance import is_text, model_manifest, write_redacted
+from jobs.track.sender import Sender, fast_http
+from jobs.track.sender_thread import SenderThread
+from jobs.track.spool import Spool, now_ms
+from jobs.track.system import SystemMonitor
 
-__all__ = ["MAX_PARAM_CHARS", "SystemMonitor", "Tracker", "flatten", "git_commit", "is_secret_key", "model_manifest"]
+__all__ = ["Tracker"]
 
-MAX_PARAM_CHARS = 500
-LONG_PARAMS_FILE = "params-long.json"
 FLUSH_ENV, FLUSH_DEFAULT_S = "CLUSTERFT_TRACKING_FLUSH_S", 30.0
 KILLED_FLUSH_S = 5.0  # a requeued or cancelled stage has little time left: the next attempt sends the rest
 SYSTEM_ENV, SYSTEM_DEFAULT_S = "CLUSTERFT_SYSTEM_METRICS_S", 15.0
 MODEL_ARTIFACTS_ENV = "CLUSTERFT_LOG_MODEL_ARTIFACTS"
-# Stages whose job creates a Tracker: the parent run ends with the last of them in a launch.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-GB = 1e9
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 class Tracker:
@@ -212,11 +197,11 @@ class Tracker:
                       f"its run ids ({self.run.path / 'mlflow.json'}) may not exist there")
         if ids.get("parent") or self.spool.created("parent"):
             self._append("parent", {"op": "status", "run": "parent", "status": "RUNNING"})
-            self._append("parent", {"op": "tags", "run": "parent", "tags": _clean_tags(self._launch_tags())})
+            self._append("parent", {"op": "tags", "run": "parent", "tags": _clean_tags(launch_tags(self.run))})
         else:
             self._append("parent", {"op": "create", "run": "parent", "experiment": self.run.experiment,
                                     "name": self.run.name, "key": uuid.uuid4().hex, "time": now_ms(),
-                                    "tags": _clean_tags(self._parent_tags())})
+                                    "tags": _clean_tags(parent_tags(self.run, self.recipe, self.plan))})
             self._log_params()
         self._log_launch_files()
         if ids.get(self.stage) or self.spool.created(self.stage):
@@ -230,7 +215,7 @@ class Tracker:
                 print(f"[tracking] {self.stage} resumes its MLflow run after step {self.logged_through}",
                       flush=True)
         else:
-            tags = {**self._recipe_tags(), "clusterft.stage": self.stage,
+            tags = {**recipe_tags(self.recipe), "clusterft.stage": self.stage,
                     "clusterft.restarts": str(self._stage_restarts())}
             self._append(self.stage, {"op": "create", "run": self.stage, "parent": "parent",
                                       "experiment": self.run.experiment, "name": f"{self.run.name}/{self.stage}",
@@ -241,33 +226,6 @@ class Tracker:
         if self.system_metrics and interval > 0:
             self._monitor = SystemMonitor(self, interval)
             self._monitor.start()
-
-    def _recipe_tags(self) -> dict[str, str]:
-        recipe = self.recipe
-        if recipe is None:
-            return {}
-        return {"clusterft.recipe": recipe.name, "clusterft.method": recipe.method.kind,
-                "clusterft.model_name": recipe.model_name}
-
-    def _parent_tags(self) -> dict[str, str]:
-        tags = {**self._recipe_tags(), "clusterft.run_dir": str(self.run.path), "clusterft.git_commit": git_commit()}
-        tags["mlflow.source.git.commit"] = tags["clusterft.git_commit"]
-        if self.recipe is not None:
-            resources = self.recipe.resources
-            tags.update({"clusterft.model": self.recipe.model.name_or_path,
-                         "clusterft.gpus_per_node": str(resources.gpus_per_node),
-                         "clusterft.gpu_type": resources.gpu_type or "none"})
-        if self.plan is not None:
-            tags.update({"clusterft.nodes": str(self.plan.nodes), "clusterft.world_size": str(self.plan.world_size)})
-        return {**tags, **self._launch_tags()}
-
-    def _launch_tags(self) -> dict[str, str]:
-        """What changes while a launch runs: the job ids (stages are submitted, requeued), the restarts."""
-        launch = self.run.read_json(self.run.launch_file)
-        return {"clusterft.container": str(launch.get("container") or "none"),
-                "clusterft.executor": str(launch.get("executor") or "unknown"),
-                "clusterft.slurm_job_ids": json.dumps(launch.get("jobs", {}), sort_keys=True),
-                "clusterft.restarts": str(requeues(self.run.path))}
 
     def _last_tracked_stage(self) -> bool:
         """No later stage of this launch will log to MLflow: the parent run ends with this one. (A later stage that
@@ -282,19 +240,7 @@ class Tracker:
     def _log_params(self) -> None:
         if self.recipe is None:
             return
-        params: dict[str, Any] = {"recipe": self.recipe.model_dump(mode="json")}
-        if self.plan is not None:
-            params["plan"] = {k: v for k, v in self.plan.as_dict().items() if k not in ("accelerate", "deepspeed")}
-        flat = {key: redact_value(key, value) for key, value in flatten(params).items()}
-        short: dict[str, str] = {}
-        long: dict[str, Any] = {}
-        for key, value in sorted(flat.items()):
-            text = str(value)
-            if len(text) <= MAX_PARAM_CHARS:
-                short[key] = text
-            else:
-                long[key] = value
-                short[key] = f"<{len(text)} characters: see {LONG_PARAMS_FILE}>"
+        short, long = launch_params(self.recipe, self.plan)
         self._append("parent", {"op": "params", "run": "parent", "params": short})
         if long:
             write_atomic(self.run.path / LONG_PARAMS_FILE, json.dumps(long, indent=2, default=str) + "\n")
@@ -314,7 +260,7 @@ class Tracker:
     def _log_file(self, target: str, path: Path, artifact_path: str) -> None:
         if not path.exists():
             return
-        if path.is_file() and _is_text(path):
+        if path.is_file() and is_text(path):
             copy = self.spool.files_dir(target) / artifact_path / path.name
             copy.parent.mkdir(parents=True, exist_ok=True)
             write_redacted(path, copy)
@@ -384,7 +330,7 @@ class Tracker:
         self._guard(self._log_stage_logs)
         end = now_ms()
         self._append(self.stage, {"op": "end", "run": self.stage, "status": status, "time": end})
-        self._append("parent", {"op": "tags", "run": "parent", "tags": _clean_tags(self._launch_tags())})
+        self._append("parent", {"op": "tags", "run": "parent", "tags": _clean_tags(launch_tags(self.run))})
         if status == "FAILED" or (status == "FINISHED" and self._last_tracked_stage()):
             self._append("parent", {"op": "end", "run": "parent", "status": status, "time": end})
         timeout = _env_float(FLUSH_ENV, FLUSH_DEFAULT_S)
@@ -435,197 +381,3 @@ def _env_float(name: str, default: float) -> float:
         return float(os.environ.get(name, default))
     except ValueError:
         return default
-
-
-def requeues(run_dir: Path) -> int:
-    """Requeues so far over every stage (attempts.jsonl: one line per start of a stage)."""
-    counts: dict[str, int] = {}
-    for attempt in RunDir(run_dir).attempts():
-        counts[attempt.get("stage", "")] = counts.get(attempt.get("stage", ""), 0) + 1
-    return sum(max(0, n - 1) for n in counts.values())
-
-
-def git_commit(root: Path = PROJECT_ROOT) -> str:
-    """The project checkout's commit (read from .git, else `git rev-parse`), or "unknown". Never fails."""
-    try:
-        git = root / ".git"
-        gitdir = git
-        if git.is_file():  # a worktree or submodule: "gitdir: <path>"
-            gitdir = (root / git.read_text().split("gitdir:", 1)[1].strip()).resolve()
-        head = (gitdir / "HEAD").read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{40,64}", head):
-            return head
-        if head.startswith("ref:"):
-            ref = head[4:].strip()
-            common = gitdir
-            if (gitdir / "commondir").exists():
-                common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
-            for base in (gitdir, common):
-                if (base / ref).exists():
-                    return (base / ref).read_text().strip()
-            packed = common / "packed-refs"
-            if packed.exists():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-    except (OSError, IndexError, ValueError):
-        pass
-    try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=False)
-        if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", done.stdout.strip()):
-            return done.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
-def model_manifest(final: Path) -> dict[str, Any]:
-    """Size of every file in `final` and the sha256 of its weights (safetensors or GGUF, else .bin), hashed streaming.
-    `sha256` is the digest of the `sha256sum` listing of the weight files, so
-    `cd final && sha256sum *.safetensors | sha256sum` gives the same value."""
-    files = sorted(p for p in final.rglob("*") if p.is_file())
-    weights = [p for p in files if p.suffix in (".safetensors", ".gguf")] or [p for p in files if p.suffix == ".bin"]
-    listing = []
-    per_file: dict[str, Any] = {}
-    for path in files:
-        name = str(path.relative_to(final))
-        entry: dict[str, Any] = {"bytes": path.stat().st_size}
-        if path in weights:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                while block := handle.read(1 << 24):
-                    digest.update(block)
-            entry["sha256"] = digest.hexdigest()
-            listing.append(f"{entry['sha256']}  {name}\n")
-        per_file[name] = entry
-    return {"path": str(final), "bytes": sum(e["bytes"] for e in per_file.values()),
-            "sha256": hashlib.sha256("".join(listing).encode()).hexdigest(), "files": per_file}
-
-
-def _is_text(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(8192)
-    except OSError:
-        return False
-    if b"\0" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return err.start > len(head) - 4  # a character cut at the block's end
-    return True
-
-
-def write_redacted(source: Path, target: Path) -> None:
-    """A redacted copy of a text file: YAML and JSON structurally (keys named like secrets), then by shape."""
-    text = source.read_text(encoding="utf-8", errors="replace")
-    if source.suffix in (".yaml", ".yml", ".json"):
-        try:
-            if source.suffix == ".json":
-                redacted = json.dumps(redact_tree(json.loads(text)), indent=2, sort_keys=True) + "\n"
-            else:
-                import yaml
-
-                redacted = yaml.safe_dump(redact_tree(yaml.safe_load(text)), sort_keys=False, allow_unicode=True)
-            write_atomic(target, redact_text(redacted))
-            return
-        except Exception:  # noqa: BLE001 - not parseable (ValueError, yaml.YAMLError): redact it as text
-            pass
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with source.open("r", encoding="utf-8", errors="replace") as src, tmp.open("w", encoding="utf-8") as dst:
-        for line in src:
-            dst.write(redact_text(line))
-    os.replace(tmp, target)
-
-
-class SystemMonitor:
-    """Rank 0's machine every `interval` seconds, from a background thread: CPU, this process's memory, the
-    machine's memory, and with NVML and CUDA each visible GPU's memory and utilization."""
-
-    def __init__(self, tracker: Tracker, interval: float) -> None:
-        self.tracker = tracker
-        self.interval = interval
-        self._stop = threading.Event()
-        self._process: Any = None
-        self._gpus: list[tuple[int, Any]] = []
-        self._thread = threading.Thread(target=self._loop, name="system-metrics", daemon=True)
-
-    def start(self) -> None:
-        try:
-            import psutil
-
-            self._process = psutil.Process()
-            psutil.cpu_percent(None)  # the first reading only starts the interval
-        except ImportError:
-            self._process = None
-        self._gpus = _nvml_gpus()
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def sample(self) -> None:
-        try:
-            values = self.read()
-            if values:
-                self.tracker._log_values(values, self.tracker.current_step, system=True)
-        except Exception:  # noqa: BLE001 - a sensor failing is no reason to stop
-            pass
-
-    def read(self) -> dict[str, float]:
-        values: dict[str, float] = {}
-        if self._process is not None:
-            import psutil
-
-            values["system/cpu_percent"] = float(psutil.cpu_percent(None))
-            values["system/memory_rss_gb"] = self._process.memory_info().rss / GB
-            values["system/memory_used_percent"] = float(psutil.virtual_memory().percent)
-        if self._gpus:
-            import pynvml
-
-            for index, handle in self._gpus:
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                values[f"system/gpu{index}/memory_used_gb"] = memory.used / GB
-                values[f"system/gpu{index}/memory_used_percent"] = 100.0 * memory.used / max(memory.total, 1)
-                values[f"system/gpu{index}/utilization_percent"] = float(
-                    pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-        return values
-
-    def stop(self, peak_memory: bool = False) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sample()
-        if peak_memory:
-            self.tracker._log_values({"train/peak_memory_gb": peak_memory_gb()}, self.tracker.current_step)
-
-
-def peak_memory_gb() -> float:
-    """torch.cuda's peak allocation on this rank's GPU; on CPU the process's peak resident memory."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / GB
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / GB if sys.platform == "darwin" else rss * 1024 / GB  # bytes on macOS, KiB on Linux
-
-
-def _nvml_gpus() -> list[tuple[int, Any]]:
-    """(CUDA ordinal, NVML handle) of each visible GPU, when pynvml is importable and CUDA is present."""
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return []
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        indices = [int(i) for i in visible.split(",")] if re.fullmatch(r"\d+(,\d+)*", visible) else range(count)
-        return [(ordinal, pynvml.nvmlDeviceGetHandleByIndex(index)) for ordinal, index in enumerate(indices)
-                if index < count]
-    except Exception:  # noqa: BLE001 - no NVML, no GPU metrics
-        return []

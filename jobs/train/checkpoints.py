@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from jobs.train.fsdp_state import describe_checkpoint, load_sharded, sharded_model
 from jobs.spec.rundir import COMPLETE_MARKER
+from jobs.train.fsdp_state import describe_checkpoint, load_sharded, sharded_model
 
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 

@@ -92,7 +92,7 @@ def consolidate_checkpoint(checkpoint: Path, out: Path) -> None:
     the full tensors in one safetensors file, and the checkpoint's config and tokenizer files."""
     from safetensors.torch import save_file
 
-    from jobs.export.merge import CONFIG_FILES, TOKENIZER_FILES
+    from jobs.common.hf_files import CONFIG_FILES, TOKENIZER_FILES
 
     sharded = sharded_model(checkpoint)
     if sharded is None:

@@ -29,16 +29,16 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distribu
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from jobs.train.checkpoints import CompleteCheckpoints, expected_adapter_shapes, latest_complete, remove_incomplete
-from jobs.spec.context import RankContext
-from jobs.train.flops import flops_per_token, mfu, peak_flops
-from jobs.train.fsdp_state import save_final_model
 from jobs.common.model import base_model_path, load_model, load_tokenizer, peft_config
 from jobs.prepare.stage import ensure_prepared, load_prepared, read_report
-from jobs.track.tracker import Tracker
+from jobs.spec.context import RankContext
 from jobs.spec.plan import Plan
-from jobs.spec.schema import Recipe
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir, write_atomic
+from jobs.spec.schema import Recipe
+from jobs.track.tracker import Tracker
+from jobs.train.checkpoints import CompleteCheckpoints, expected_adapter_shapes, latest_complete, remove_incomplete
+from jobs.train.flops import flops_per_token, mfu, peak_flops
+from jobs.train.fsdp_state import save_final_model
 
 # accelerate's DistributedType names that each back end may run as
 EXPECTED_DISTRIBUTED = {

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from launchers.cli.base import Parser
 from jobs.spec.errors import UserError
+from launchers.cli.base import Parser
 
 # subcommand → "module:function", imported only when that subcommand runs (--help and --dry-run stay fast)
 COMMANDS = {
@@ -153,7 +153,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
         flags["resources.nodes=1"] = "flag --debug"
         flags["resources.tasks_per_node=1"] = "flag --debug"
     if args.local:
-        from launchers.submit.executors import local_gpu_count
+        from launchers.submit.local import local_gpu_count
 
         nproc = args.nproc if args.nproc is not None else (local_gpu_count() or 1)
         if nproc < 1:
@@ -197,14 +197,15 @@ def cmd_show(argv: Sequence[str]) -> int:
 
 def cmd_run(argv: Sequence[str]) -> int:
     args = run_parser().parse_intermixed_args(argv)
+    from jobs.spec.rundir import RunDir, check_name, runs_root, timestamp, tracking_uri
     from jobs.spec.stages import STAGE_NAMES, parse_stages
-    from launchers.submit.chain import chain_jobs
-    from launchers.submit.executors import render_sbatch
-    from launchers.recipe.plan import make_plan
     from launchers.recipe.checks import check_files
     from launchers.recipe.load import resolve
-    from jobs.spec.rundir import RunDir, check_name, runs_root, timestamp, tracking_uri
-    from launchers.submit.start import StartRequest, container_of, slurm_options, start
+    from launchers.recipe.plan import make_plan
+    from launchers.submit.chain import chain_jobs
+    from launchers.submit.request import StartRequest
+    from launchers.submit.slurm import render_sbatch
+    from launchers.submit.start import start
 
     stages = parse_stages(args.stages) if args.stages else STAGE_NAMES
     if args.max_requeues < 0:
@@ -240,9 +241,12 @@ def cmd_run(argv: Sequence[str]) -> int:
     if args.dependency and executor != "slurm":
         raise UserError("flag --dependency: SLURM only (local stages already run one after the other)")
     if args.dependency:
-        from launchers.submit.chain import check_dependency
+        from launchers.submit.slurm import check_dependency
 
         check_dependency(args.dependency)
+    if executor != "slurm" and importlib.util.find_spec("torch") is None:
+        raise UserError(f"flag --{executor}: the stages run on this machine, which has no torch: "
+                        "pip install -e '.[train]' here, or submit to SLURM")
     if executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("sbatch not found: this machine is not a SLURM login node (use --local to run here, "
                         "or --dry-run to see the job)")
@@ -250,12 +254,26 @@ def cmd_run(argv: Sequence[str]) -> int:
     run.create()
     run.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
     run.write_json(run.plan_file, plan.as_dict())
-    from jobs.spec.redaction import redact_text
+    record = request.launch_record(list(argv))
+    run.write_json(run.launch_file, record)
+    return start(request, record)
 
-    record = {"argv": ["launch", *(redact_text(arg) for arg in argv)], "executor": executor, "stages": list(stages),
-              "container": request.container.label, "max_requeues": args.max_requeues,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "jobs": {}}
-    return start(request, record, fresh=True)
+
+def slurm_options(args: argparse.Namespace, recipe: Any) -> Any:
+    """The sbatch flags that are not recipe resources (those became recipe overrides in `flag_overrides`)."""
+    from launchers.submit.slurm import SlurmOptions
+
+    return SlurmOptions(
+        job_name=args.job_name or f"{recipe.model_name}-{recipe.method_name}", account=args.account, qos=args.qos,
+        constraint=args.constraint, exclusive=args.exclusive, mail_type=args.mail_type, mail_user=args.mail_user,
+        dependency=args.dependency, requeue=args.requeue, setup=tuple(args.setup),
+    )
+
+
+def container_of(args: argparse.Namespace) -> Any:
+    from launchers.submit.containers import Container
+
+    return Container(apptainer_image=args.container, pyxis_image=args.container_image)
 
 
 def check_setup_lines(lines: Sequence[str]) -> None:
@@ -290,13 +308,14 @@ def warn_on_lora_targets(resolved: Any) -> None:
     recipe = resolved.recipe
     if recipe.method.lora is None or recipe.model.config is None:
         return
+    from jobs.common.architecture import lora_target_report
+
     try:
-        from jobs.common.architecture import lora_target_report
-    except ImportError:  # a login node with the launcher only: the job checks nothing less, it just fails later
-        print("warning: LoRA targets not checked here (transformers is not installed); "
+        report = lora_target_report(recipe.model.config, recipe.method.lora.target_modules)
+    except ImportError as err:  # a login node with the launcher only: the job checks its targets when it loads
+        print(f"warning: LoRA targets not checked here ({err.name or 'the training stack'} is not installed); "
               "pip install -e '.[train]' to check them before submitting", file=sys.stderr)
         return
-    report = lora_target_report(recipe.model.config, recipe.method.lora.target_modules)
     where = resolved.where("method", "lora", "target_modules")
     if not report.matched:
         raise UserError(f"{where}: method.lora.target_modules: none of {report.unmatched} is a module of "

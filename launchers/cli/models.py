@@ -16,9 +16,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from jobs.spec.errors import UserError
 from launchers.cli.base import Parser, runs_arguments
 from launchers.cli.runs import idle_run, start_again
-from jobs.spec.errors import UserError
 
 
 def cmd_export(argv: Sequence[str]) -> int:
@@ -46,8 +46,8 @@ def cmd_export(argv: Sequence[str]) -> int:
     parser.add_argument("--quant", metavar="TYPE", help="--format gguf: f16 (default), q8_0 or q4_0")
     runs_arguments(parser)
     args = parser.parse_intermixed_args(argv)
-    from launchers.recipe.load import resolve_saved
     from jobs.spec.schema import EQUAL_RANK_COMBINATIONS
+    from launchers.recipe.load import resolve_saved
 
     flags = {f"export.{key}={value}": f"flag --{flag} {value}" for key, flag, value in (
         ("checkpoint", "checkpoint", args.checkpoint), ("adapter_weight", "weight", args.weight),
@@ -75,8 +75,8 @@ def cmd_export(argv: Sequence[str]) -> int:
     if args.base and args.adapter_only:
         raise UserError("flags --base and --adapter-only: an adapter alone is not merged into any base")
     if recipe.export.base is not None:  # checked here too, before anything is submitted (reads shard headers only)
+        from jobs.common.hf_files import check_transfer
         from jobs.export.stage import base_weights, model_directory
-        from jobs.export.merge import check_transfer
 
         try:
             check_transfer(base_weights(run, recipe), model_directory(recipe.export.base, None))
@@ -89,8 +89,8 @@ def cmd_export(argv: Sequence[str]) -> int:
 def mix_mapping(run: Any, text: str) -> tuple[str, dict[str, int]]:
     """--adapters copilot=0.5,team/assistant=0.5 → (a YAML mapping of experiment/name: weight, each run's LoRA rank),
     each run checked to exist with a complete final adapter of the same base as `run`."""
-    from launchers.recipe.load import resolve_saved
     from jobs.spec.rundir import COMPLETE_MARKER
+    from launchers.recipe.load import resolve_saved
     from launchers.runs import find_run
 
     pairs: dict[str, float] = {}

@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from launchers.cli.base import Parser, runs_arguments
 from jobs.spec.errors import UserError
+from launchers.cli.base import Parser, runs_arguments
 
 
 def cmd_status(argv: Sequence[str]) -> int:
@@ -123,8 +123,8 @@ def cmd_compare(argv: Sequence[str]) -> int:
                         help="print the comparison only: write no PNG and log nothing to MLflow")
     runs_arguments(parser)
     args = parser.parse_args(argv)
-    from launchers.compare import compare
     from jobs.spec.rundir import runs_root
+    from launchers.compare import compare
 
     print(compare(runs_root(args.runs_dir), args.runs, args.experiment, args.format, args.output,
                   write=not args.print_only), end="")
@@ -147,14 +147,20 @@ def idle_run(reference: str, runs_dir: str | None) -> tuple[Any, dict[str, Any]]
 
 def start_again(run: Any, record: dict[str, Any], stages: tuple[str, ...], recipe: Any, history: str) -> int:
     """Run `stages` of an existing run again, where and how it was launched; noted in launch.json[history]."""
-    from launchers.cli.main import run_parser
-    from jobs.spec.plan import Plan
-    from launchers.submit.start import StartRequest, container_of, slurm_options, start
+    from launchers.submit.request import StartRequest
+    from launchers.submit.start import start
 
-    original = run_parser().parse_intermixed_args(record["argv"][1:])
-    original.dependency = None  # the first launch waited for it already
-    plan = Plan(**run.read_json(run.plan_file))
-    request = StartRequest(run, recipe, plan, record["executor"], stages, slurm_options(original, recipe),
-                           container_of(original), record.get("max_requeues", 3))
+    resolved = record.get("resolved") or resolved_from_argv(record["argv"], recipe)
+    request = StartRequest.again(run, record, recipe, stages, resolved)
     record.setdefault(history, []).append({"stages": list(stages), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return start(request, record, fresh=False)
+    return start(request, record)
+
+
+def resolved_from_argv(argv: list[str], recipe: Any) -> dict[str, Any]:
+    """launch.json written before it recorded the resolved options: the flags parsed again from its command line."""
+    from dataclasses import asdict
+
+    from launchers.cli.main import container_of, run_parser, slurm_options
+
+    original = run_parser().parse_intermixed_args(argv[1:])
+    return {"slurm": asdict(slurm_options(original, recipe)), "container": asdict(container_of(original))}

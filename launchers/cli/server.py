@@ -6,8 +6,8 @@ import argparse
 import shutil
 from collections.abc import Sequence
 
-from launchers.cli.base import Parser, runs_arguments
 from jobs.spec.errors import UserError
+from launchers.cli.base import Parser, runs_arguments
 
 
 def cmd_mlflow_server(argv: Sequence[str]) -> int:
@@ -33,9 +33,9 @@ def cmd_mlflow_server(argv: Sequence[str]) -> int:
                      help="seconds to wait for the job to start and answer (default 300)")
     runs_arguments(parser)
     args = parser.parse_args(argv)
-    from launchers.mlflow_server import serve, server_spec, submit_server
-    from jobs.spec.schema import slurm_minutes
     from jobs.spec.rundir import runs_root
+    from jobs.spec.schema import slurm_minutes
+    from launchers.mlflow_server import serve, server_spec, submit_server
 
     root = runs_root(args.runs_dir)
     root.mkdir(parents=True, exist_ok=True)

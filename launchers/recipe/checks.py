@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec.errors import UserError
-from launchers.recipe.load import Resolved, display_path
 from jobs.spec.schema import FORMAT_FIELDS, DataSpec
+from launchers.recipe.load import Resolved, display_path
 
 # Config keys that hold a model's maximum sequence length, by architecture family.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")

@@ -19,8 +19,8 @@ from typing import Any
 
 from jobs.spec.errors import UserError
 from jobs.spec.plan import Plan, Precision
-from launchers.recipe.load import RECIPES_ROOT, Resolved, display_path, read_yaml
 from jobs.spec.schema import Recipe
+from launchers.recipe.load import RECIPES_ROOT, Resolved, display_path, read_yaml
 
 ACCELERATE_DIR = RECIPES_ROOT / "accelerate"
 DISTRIBUTED_TYPE = {"ddp": "MULTI_GPU", "deepspeed-zero3": "DEEPSPEED", "fsdp": "FSDP"}

@@ -8,19 +8,19 @@ failure.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-import subprocess
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from jobs.spec.errors import UserError
-from jobs.spec.stages import BY_NAME
-from launchers.submit.executors import SlurmOptions, slurm_parameters
 from jobs.spec.plan import Plan
 from jobs.spec.schema import Recipe
+from jobs.spec.stages import BY_NAME
+from launchers.submit.request import StartRequest
+from launchers.submit.slurm import SlurmOptions, cancel_jobs, slurm_executor, slurm_parameters, submit
+from launchers.submit.stage import Stage
+
 
 @dataclass(frozen=True)
 class StageJob:
@@ -79,9 +79,6 @@ def submit_chain(
     sbatch's own refusals (an unknown partition, a dependency on a job that does not exist) become one-line
     UserErrors; on any failure (a refusal, Ctrl-C) the stages already submitted are cancelled: nothing is left behind.
     """
-    import submitit
-    from submitit.core.utils import FailedJobError
-
     ids: dict[str, str] = {}
     previous: str | None = None
     try:
@@ -89,14 +86,8 @@ def submit_chain(
             params = dict(job.params)
             if previous is not None:
                 params["dependency"] = f"afterok:{previous}"
-            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues, python=python)
-            executor.update_parameters(**params)
-            captured = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(captured):  # submitit echoes sbatch's stderr: we report it once
-                    submitted = executor.submit(tasks[job.stage])
-            except FailedJobError as err:
-                raise UserError(f"sbatch refused the {job.stage} job: {sbatch_message(str(err))}") from None
+            executor = slurm_executor(folder, params, max_requeues, python)
+            submitted = submit(executor, tasks[job.stage], f"{job.stage} job")
             previous = ids[job.stage] = str(submitted.job_id)
     except BaseException:  # a refusal, Ctrl-C, anything: no half chain stays queued
         cancel_jobs(list(ids.values()))
@@ -104,43 +95,23 @@ def submit_chain(
     return ids
 
 
-def sbatch_message(stderr: str) -> str:
-    """sbatch's error lines, without the 'sbatch: error: ' prefixes, on one line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line.removeprefix("sbatch: error: ") for line in lines if "error" in line.lower()]
-    return "; ".join(errors or lines[-1:]) or "no message"
-
-
-DEPENDENCY_TYPES = ("after", "afterany", "afterok", "afternotok", "aftercorr", "afterburstbuffer")
-_DEPENDENCY_ITEM = re.compile(r"^(?P<type>[a-z]+)(?P<jobs>(?::\d+(?:_\d+)?(?:\+\d+)?)*)$")  # job[_task][+minutes]
-
-
-def check_dependency(text: str) -> None:
-    """--dependency names real jobs: SLURM 22.05 silently ignores a dependency on a job that does not exist
-    (the chain would start at once), so every job id is looked up first (squeue, then sacct)."""
-    for item in re.split(r"[,?]", text):
-        match = _DEPENDENCY_ITEM.match(item)
-        if item == "singleton":
-            continue
-        if not match or match["type"] not in DEPENDENCY_TYPES or not match["jobs"]:
-            raise UserError(f"flag --dependency {text}: {item!r} is not TYPE:JOBID[:JOBID...] "
-                            f"(types: {', '.join(DEPENDENCY_TYPES)}, or singleton)")
-        for job_id in (j.split("+")[0] for j in match["jobs"].strip(":").split(":")):
-            if not _job_known(job_id):
-                raise UserError(f"flag --dependency {text}: job {job_id} does not exist (unknown to squeue and sacct)")
-
-
-def _job_known(job_id: str) -> bool:
-    for command in (["squeue", "-h", "-j", job_id, "-o", "%i"], ["sacct", "-X", "-n", "-j", job_id, "-o", "JobID"]):
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if done.returncode == 0 and done.stdout.strip():
-            return True
-    return False
-
-
-def cancel_jobs(job_ids: list[str]) -> None:
-    if job_ids:
-        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60, check=False)
+def submit_slurm_chain(request: StartRequest, tasks: dict[str, Stage], record: dict[str, Any]) -> int:
+    """The runner for SLURM: submit the chain, record the job ids, print them (or only the last with --parsable).
+    A fresh run SLURM refused is removed again: nothing was submitted, so nothing is left behind."""
+    run, container = request.run, request.container
+    jobs = chain_jobs(request.recipe, request.plan, request.options, request.stages, container.srun_args(run.root))
+    try:
+        ids = submit_chain(tasks, jobs, run.submitit, request.max_requeues, container.python(run.root))
+    except UserError:
+        if request.fresh:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    record["jobs"].update(ids)
+    run.write_json(run.launch_file, record)
+    if request.parsable:
+        print(ids[request.stages[-1]])
+    else:
+        for stage, job_id in ids.items():
+            print(f"Submitted batch job {job_id} ({stage})")
+        print(f"[launch] run {run.experiment}/{run.name}: launch status {run.name}")
+    return 0

@@ -120,8 +120,8 @@ def exports_consolidate_the_shards_as_zero_to_fp32_does(tmp_path: Path, run: Pat
     shutil.copytree(run / "checkpoints" / "checkpoint-10", run / "final",
                     ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
     from jobs.export.stage import export_run
-    from launchers.recipe.load import resolve_saved
     from jobs.spec.rundir import RunDir
+    from launchers.recipe.load import resolve_saved
 
     done = export_run(RunDir(run), resolve_saved(run / "recipe.yaml").recipe)  # the export stage's work, in-process
     exported = load_file(done.path / "model" / "model.safetensors")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from launchers.recipe.load import CATALOG_ENV
 from jobs.spec.rundir import RUNS_DIR_ENV
+from launchers.recipe.load import CATALOG_ENV
 from tests.unit.launch_harness import CliResult, make_user_catalog, run_launch
 
 

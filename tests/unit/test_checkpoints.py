@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from jobs.train.checkpoints import latest_complete, remove_incomplete, verify_adapter
 from jobs.spec.rundir import COMPLETE_MARKER
+from jobs.train.checkpoints import latest_complete, remove_incomplete, verify_adapter
 
 EXPECTED = {"model.layers.0.q_proj.lora_A.weight": (8, 64), "model.layers.0.q_proj.lora_B.weight": (64, 8)}
 

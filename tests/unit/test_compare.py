@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
-from launchers.compare import collect, compare, figure, render
 from jobs.spec.errors import UserError
+from launchers.compare import collect, compare
+from launchers.compare.plot import figure
+from launchers.compare.table import render
 
 T0 = 1_767_000_000_000  # ms
 HOUR_MS = 3_600_000
@@ -331,14 +333,14 @@ def test_a_file_that_is_not_an_mlflow_store(tmp_path: Path) -> None:
 
 
 def summary(name: str, method: str, model_name: str = "m", data: str = "d") -> Any:
-    from launchers.compare import RunSummary
+    from launchers.compare.data import RunSummary
 
     tags = {"clusterft.method": method, "clusterft.model_name": model_name, "clusterft.data": data}
     return RunSummary("e", name, f"id-{name}", "FINISHED", {k: v for k, v in tags.items() if v}, label=name)
 
 
 def test_grouping_rules() -> None:
-    from launchers.compare import group
+    from launchers.compare.data import group
 
     runs = [summary("q", "qlora"), summary("x", "full", data=""), summary("f", "full"), summary("l", "lora"),
             summary("q2", "qlora", data="other"), summary("q3", "qlora", data="other")]

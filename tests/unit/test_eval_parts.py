@@ -129,9 +129,9 @@ def test_generate_streams_the_prompt_and_its_completion(tmp_path: Path, launch: 
 
 
 def test_a_down_weighted_adapter_is_the_model_export_merges_at_that_weight(tmp_path: Path) -> None:
-    from jobs.spec.context import RankContext
-    from jobs.export.stage import export_run
     from jobs.common.run_models import load_run_model
+    from jobs.export.stage import export_run
+    from jobs.spec.context import RankContext
     from tests.unit.test_export import with_export
     from tests.unit.test_merge import FP32_ATOL, logits
 

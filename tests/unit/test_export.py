@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from jobs.export.stage import export_run
-from launchers.recipe.plan import make_plan
-from launchers.recipe.load import resolve
-from jobs.spec.schema import Recipe
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir
+from jobs.spec.schema import Recipe
+from launchers.recipe.load import resolve
+from launchers.recipe.plan import make_plan
 from tests.unit.launch_harness import CliResult, assert_one_error_line
 from tests.unit.test_merge import FP32_ATOL, merged_logits, peft_logits, save_adapter, save_base
 
@@ -188,7 +188,7 @@ def test_an_adapter_transfers_to_a_base_of_the_same_shapes(tmp_path: Path, launc
 
 
 def test_a_transfer_to_another_architecture_is_refused(tmp_path: Path) -> None:
-    from jobs.export.merge import check_transfer
+    from jobs.common.hf_files import check_transfer
     from tests.unit.test_merge import bigcode_config, llama_config
 
     llama, bigcode = save_base(llama_config(), tmp_path / "llama"), save_base(bigcode_config(), tmp_path / "bigcode")

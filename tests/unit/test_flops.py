@@ -43,8 +43,8 @@ def test_peak_table_and_mfu() -> None:
 
 
 def test_progress_metrics_carry_per_device_throughput_and_mfu(tmp_path: Any) -> None:
-    from jobs.train.stage import ProgressCallback
     from jobs.spec.rundir import RunDir
+    from jobs.train.stage import ProgressCallback
 
     logged: list[dict[str, float]] = []
     tracker = SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics))

@@ -57,8 +57,8 @@ def test_a_secret_in_an_override_is_redacted_and_never_echoed(capsys: pytest.Cap
     ("before:1", "'before:1' is not TYPE:JOBID"),
 ])
 def test_dependency_format_and_lookup(text: str, message: str) -> None:
-    from launchers.submit.chain import check_dependency
     from jobs.spec.errors import UserError
+    from launchers.submit.slurm import check_dependency
 
     with pytest.raises(UserError, match=re.escape(message)):
         check_dependency(text)

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from launchers.recipe.plan import ACCELERATE_DIR, make_plan
-from launchers.recipe.load import RECIPES_ROOT, deep_merge, parse_override, read_yaml, resolve
-from jobs.spec.schema import slurm_minutes
 from jobs.spec.rundir import public_uri
+from jobs.spec.schema import slurm_minutes
+from launchers.recipe.load import RECIPES_ROOT, deep_merge, parse_override, read_yaml, resolve
+from launchers.recipe.plan import ACCELERATE_DIR, make_plan
 from tests.unit.launch_harness import CliResult, line_of
 
 Launch = Callable[..., CliResult]

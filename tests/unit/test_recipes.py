@@ -15,9 +15,9 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from launchers.recipe.plan import make_plan
 from launchers.recipe.checks import check_files
 from launchers.recipe.load import CATALOG_ENV, list_methods, list_models, resolve
+from launchers.recipe.plan import make_plan
 from tests.unit.launch_harness import CliResult
 
 Launch = Callable[..., CliResult]

@@ -77,9 +77,10 @@ def test_parent_run_params_are_redacted_and_long_values_become_an_artifact(
     from mlflow.tracking import MlflowClient
 
     from jobs.spec.context import RankContext
-    from jobs.track.tracker import MAX_PARAM_CHARS, Tracker
-    from launchers.recipe.plan import make_plan
+    from jobs.track.launch_info import MAX_PARAM_CHARS
+    from jobs.track.tracker import Tracker
     from launchers.recipe.load import resolve
+    from launchers.recipe.plan import make_plan
 
     long_description = f"token {HF} " + "x" * 10_000
     resolved = resolve("lora", "tiny-starcoder", [f"description={long_description}"])

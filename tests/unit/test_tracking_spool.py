@@ -1,5 +1,5 @@
-"""The MLflow spool (jobs.track.spool) and the tracker on top of it, against a real local MLflow store (sqlite), with an
-outage simulated by a closed 127.0.0.1 port — no fake transport.
+"""The MLflow spool (jobs.track.spool), its sender (jobs.track.sender) and the tracker on top of them, against a real
+local MLflow store (sqlite), with an outage simulated by a closed 127.0.0.1 port — no fake transport.
 
 - a spool replays in order: runs created (child under parent), metrics with their original steps and timestamps
 - an unreachable server costs no time and loses nothing; the replay afterwards sends everything once
@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from jobs.spec.context import RankContext
-from jobs.track.spool import Sender, Spool
 from jobs.spec.errors import UserError
+from jobs.track.sender import Sender
+from jobs.track.spool import Spool
 
 HANG_GUARD_S = 60  # never a performance assertion: only "it did not wait for MLflow's 4-minute retries"
 

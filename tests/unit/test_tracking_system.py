@@ -1,4 +1,4 @@
-"""System metrics (jobs.track.tracker.SystemMonitor) and small tracking helpers.
+"""System metrics (jobs.track.system) and the git commit (jobs.track.provenance).
 
 - on this CPU: system/cpu_percent, system/memory_rss_gb, system/memory_used_percent, and a peak memory
 - with NVML and CUDA: one set of system/gpu<i>/* per visible GPU, in CUDA order (NVML is replaced by a stand-in
@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from jobs.spec.context import RankContext
-from jobs.track.tracker import SystemMonitor, Tracker, git_commit, peak_memory_gb
+from jobs.track.provenance import git_commit
+from jobs.track.system import SystemMonitor, peak_memory_gb
+from jobs.track.tracker import Tracker
 
 
 def monitor(tmp_path: Path) -> SystemMonitor:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.eval.generation import GenerationSettings, engine_name
 from jobs.common.run_models import RunModel
+from jobs.eval.generation import GenerationSettings, engine_name
 from jobs.eval.vllm_engine import PROJECT_ROOT, child_environment, engine_options, sampling_options, unsupported
 from launchers.recipe.load import resolve
 
@@ -98,9 +98,9 @@ def test_auto_takes_vllm_only_where_it_is_installed_and_a_gpu_is_there(monkeypat
 
 def test_auto_generates_with_transformers_what_vllm_cannot_serve(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs.spec.context import RankContext
-    from jobs.eval.stage import choose_engine
     from jobs.common.run_models import choose_run_model
+    from jobs.eval.stage import choose_engine
+    from jobs.spec.context import RankContext
     from tests.unit.test_export import make_run
 
     run, recipe = make_run(tmp_path, "lora")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The login-node install, for real: `pip install -e .` in a fresh venv (no torch, no training stack), then dry runs
+# of a local and a cluster recipe must exit 0. tests/unit/test_layout.py checks the same with the stack blocked.
+#   bash .ci/light_install.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="$(mktemp -d)/light"
+trap 'rm -rf "$(dirname "$venv")"' EXIT
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -e .
+if "$venv/bin/python" -c 'import torch' 2>/dev/null; then echo "light install pulled torch" >&2; exit 1; fi
+runs="$(dirname "$venv")/runs"
+"$venv/bin/launch" lora tiny-starcoder --dry-run --runs-dir "$runs" >/dev/null
+"$venv/bin/launch" qlora starcoder15b -N 2 -p gpu --dry-run --runs-dir "$runs" >/dev/null
+# running the stages here needs the training stack: one line, exit 2, nothing written
+rc=0; err="$("$venv/bin/launch" lora tiny-starcoder --local --runs-dir "$runs" 2>&1)" || rc=$?
+if [ "$rc" -ne 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || [ -e "$runs" ]; then
+  printf 'launch --local without torch: expected exit 2 and one line, got %s:\n%s\n' "$rc" "$err" >&2; exit 1
+fi
+echo "light install: launch --dry-run works without torch; --local says what is missing"

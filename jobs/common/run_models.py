@@ -1,4 +1,6 @@
-"""Which model of a run to evaluate or generate with, for the eval stage, `launch generate` and `launch judge`.
+"""Where a run's models lie and loading them: for the eval stage, `launch generate`, `launch judge`, and the 16-bit
+base the export stage merges into (`base_weights`; the launcher checks `launch export --base` with it: no torch at
+import).
 
     from jobs.common.run_models import choose_run_model, load_chosen, load_run_model
     chosen = choose_run_model(run, recipe, "merged")          # where it lies: RunModel(path, adapter, quantized)
@@ -23,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec.context import RankContext
-from jobs.spec.rundir import RunDir
+from jobs.spec.errors import UserError
+from jobs.spec.rundir import COMPLETE_MARKER, RunDir
 from jobs.spec.schema import Recipe
 
 MODELS = ("merged", "adapter", "base")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]  # what a hub snapshot fetches
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,6 @@ class RunModel:
 
 def choose_run_model(run: RunDir, recipe: Recipe, which: str) -> RunModel:
     """Where the model `which` names lies, and a description of what it is."""
-    from jobs.export.stage import base_weights
-
     if which == "merged":
         merged = [v / "model" for v in run.versions() if (v / "model").is_dir()]
         if merged:
@@ -53,6 +55,26 @@ def choose_run_model(run: RunDir, recipe: Recipe, which: str) -> RunModel:
     if which == "base":
         return RunModel(base, None, False, f"base model {base}")
     return RunModel(base, run.final, recipe.method.quantization is not None, f"base {base} + adapter {run.final}")
+
+
+def base_weights(run: RunDir, recipe: Recipe) -> Path:
+    """The 16-bit base an adapter merges into: <run>/base (random init), a local directory, or the hub snapshot."""
+    if recipe.model.init == "random":
+        base = run.base
+        if not (base / COMPLETE_MARKER).exists():
+            raise UserError(f"run {run.name}: the random-init base {base} is missing (the train stage writes it)")
+        return base
+    return model_directory(recipe.model.name_or_path, recipe.model.revision)
+
+
+def model_directory(name_or_path: str, revision: str | None) -> Path:
+    """A local model directory as it is, or the hub snapshot (weights, configs, tokenizer) of a hub id."""
+    local = Path(name_or_path)
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=HUB_PATTERNS))
 
 
 def load_run_model(run: RunDir, recipe: Recipe, which: str, context: RankContext,

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.common.run_models import base_weights, model_directory
 from jobs.spec.context import RankContext
 from jobs.spec.errors import UserError
 from jobs.spec.plan import Plan
@@ -47,7 +48,6 @@ from jobs.spec.schema import Recipe
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]
 CONSOLIDATED = ".consolidated"  # inside a version being written: an FSDP checkpoint made whole, removed at the end
 _PARTIAL = re.compile(r"^\.v\d+\.partial-(?P<host>.+)-(?P<pid>\d+)$")
 
@@ -223,26 +223,6 @@ def mixed_source(run: RunDir, reference: str) -> Path:
     if not (final / COMPLETE_MARKER).exists():
         raise UserError(f"export.adapters: run {reference} has no complete final adapter ({final})")
     return final
-
-
-def base_weights(run: RunDir, recipe: Recipe) -> Path:
-    """The 16-bit base an adapter merges into: <run>/base (random init), a local directory, or the hub snapshot."""
-    if recipe.model.init == "random":
-        base = run.base
-        if not (base / COMPLETE_MARKER).exists():
-            raise UserError(f"run {run.name}: the random-init base {base} is missing (the train stage writes it)")
-        return base
-    return model_directory(recipe.model.name_or_path, recipe.model.revision)
-
-
-def model_directory(name_or_path: str, revision: str | None) -> Path:
-    """A local model directory as it is, or the hub snapshot (weights, configs, tokenizer) of a hub id."""
-    local = Path(name_or_path)
-    if local.is_dir():
-        return local
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=HUB_PATTERNS))
 
 
 def _copy_adapter(source: Path, target: Path, weight: float) -> None:

@@ -1,6 +1,6 @@
 """What every `launch` subcommand shares: a parser whose errors are one line (exit 2), and the --runs-dir flag.
 
-Imported by launchers/cli/main.py and the command modules (cli_runs, cli_models, cli_server); imports nothing heavy.
+Imported by launchers/cli/main.py and the command modules (runs, models, server); imports nothing heavy.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@
     launch show qlora starcoder15b training.max_steps=100   # the resolved recipe
 
 This module (the run command, recipes, show) imports neither torch nor MLflow: --help, recipes, show and --dry-run
-stay fast. The other subcommands live in cli_runs (status, logs, cancel, resume, sync, compare), cli_models (export,
-eval, generate, judge) and cli_server (mlflow-server), imported only when one of them runs. Bad input exits 2 with
-one line naming the file:line, key or flag.
+stay fast. The other subcommands live in launchers/cli/runs.py (status, logs, cancel, resume, sync, compare),
+models.py (export, eval, generate, judge) and server.py (mlflow-server), imported only when one of them runs.
+Bad input exits 2 with one line naming the file:line, key or flag.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""The stage chain: prepare (CPU) → train → export → eval, as separate jobs.
+"""The SLURM runner: the stage chain prepare (CPU) → train → export → eval as separate jobs.
 
-On SLURM each stage is its own job, joined to the one before by `afterok`; every dependant also carries
+Each stage is its own job, joined to the one before by `afterok`; every dependant also carries
 `--kill-on-invalid-dep=yes`, so when a stage fails SLURM cancels what depends on it instead of leaving it PENDING
-(DependencyNeverSatisfied) forever. Locally the stages run one after the other and the chain stops at the first
-failure.
+(DependencyNeverSatisfied) forever. Which stages get GPUs comes from the stage registry (jobs/spec/stages.py); the
+local runners (launchers/submit/local.py) run the same stages one after the other. Tested by
+tests/unit/test_dry_run.py (golden sbatch scripts) and tests/cluster/test_slurm.py (a real cluster).
 """
 
 from __future__ import annotations

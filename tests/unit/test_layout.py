@@ -126,3 +126,29 @@ warn_on_lora_targets(resolved)
     assert done.stderr.splitlines() == [
         "warning: LoRA targets not checked here (torch is not installed); pip install -e '.[train]' to check them "
         "before submitting"]
+
+
+def test_launch_export_checks_another_base_without_the_training_stack(tmp_path: Path) -> None:
+    """`launch export RUN --base OTHER` reads the bases' safetensors headers before submitting: no torch needed."""
+    import shutil
+
+    from tests.unit.test_export import make_run
+
+    run, _ = make_run(tmp_path, "lora")
+    four_bit = tmp_path / "base-4bit"
+    shutil.copytree(run.base, four_bit)
+    config = json.loads((four_bit / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (four_bit / "config.json").write_text(json.dumps(config))
+    code = f"""
+import sys
+from launchers.cli.main import main
+code = main(["export", "r1", "--base", {str(four_bit)!r}])
+assert not {{"torch", "safetensors"}} & set(sys.modules)
+sys.exit(code)
+"""
+    done = run_light(code, tmp_path)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.endswith("merge into the original 16-bit weights, not the 4-bit base"), line
+    assert not run.versions()

@@ -357,11 +357,18 @@ def isolation(python: str | None = None, allow_network: bool = False) -> dict[st
     return _run("", 10.0, Limits(), allow_network, python)[1]
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (SLURM's cgroup/affinity binding), not `os.cpu_count()`,
+    which counts the host's cores — a pool that large on a 10-core allocation of a 128-core node times programs out."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def run_many(programs: Sequence[str], timeout_s: float = 10.0, limits: Limits = Limits(), *,
              workers: int | None = None, allow_network: bool = False, python: str | None = None,
              progress_every_s: float = 5.0) -> list[Outcome]:
-    """run_program over `programs` with `workers` concurrent sandboxes (default: CPU count); outcomes in order."""
-    workers = workers or os.cpu_count() or 1
+    """run_program over `programs` with `workers` concurrent sandboxes (default: the CPUs this process may run on —
+    under SLURM the job's allocation, not the host's cores); outcomes in order."""
+    workers = workers or usable_cpus()
     outcomes: list[Outcome | None] = [None] * len(programs)
     start = last = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers) as pool:

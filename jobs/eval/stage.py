@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jobs.common.device import claim_gpu
 from jobs.common.run_models import RunModel, choose_run_model, load_chosen, load_run_model
 from jobs.eval.fim_eval import fim_prompt
 from jobs.eval.generation import Engine, GenerationRequest, GenerationSettings, TransformersEngine, engine_name
@@ -44,13 +45,12 @@ from jobs.spec.plan import Plan
 from jobs.spec.rundir import RunDir, timestamp, write_atomic
 from jobs.spec.schema import EvalSpec, Recipe
 
-EVAL_DIR = "eval"
-
 
 def evaluate(recipe: Recipe, plan: Plan, context: RankContext) -> str:
     """The stage: every rank generates its share, rank 0 scores, writes the results and logs them."""
     from jobs.track.tracker import Tracker
 
+    claim_gpu(context)
     run = RunDir(context.run_dir)
     with Tracker(context, "eval", recipe, plan) as tracker:
         out, record = evaluate_run(run, recipe, context)
@@ -71,7 +71,7 @@ def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Pat
     spec = recipe.eval
     engine_wanted = engine_name(spec.engine)  # an explicit vllm where it is not installed fails here, first
     _join_ranks(context)
-    out = run.path / EVAL_DIR / f"{spec.model}-{timestamp()}"
+    out = run.evals / f"{spec.model}-{timestamp()}"
     tokenizer = load_tokenizer(recipe)
     problems = load_problems()[:spec.humaneval_problems] if spec.humaneval_problems != 0 else []
     examples = fim_examples_for(tokenizer, spec, recipe.training.seed, context) if spec.fim_samples else []

@@ -16,6 +16,7 @@ class RankContext:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1  # ranks on this node
     attempt: str = "0"  # this attempt of the job, the same on every rank: job id and requeue count ("1234.0")
 
     @property

@@ -10,16 +10,15 @@ Try it: `launch show lora tiny-starcoder` prints a resolved recipe.
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
+
+from jobs.spec.resources import ResourcesSpec
+from jobs.spec.section import NonNegativeInt, PositiveInt, RuleError, Section
 
 Dtype = Literal["bfloat16", "float16", "float32"]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
 
 # The columns each data format reads, by canonical name; `data.fields` may rename them.
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -28,44 +27,6 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "chat": ("messages",),
     "code": ("content",),
 }
-
-
-SLURM_TIME_FORMATS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
-_SLURM_MEM = re.compile(r"^[0-9]+[KMGT]?$")
-_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-def slurm_minutes(text: str) -> int:
-    """Minutes in a SLURM time limit, rounded up ("1-12" is 2160; "90" is 90; "1:30" is 2)."""
-    match = _SLURM_TIME.match(text.strip())
-    if not match:
-        raise ValueError(f"not a SLURM time limit: {text!r} (formats: {SLURM_TIME_FORMATS})")
-    days, first, second, third = match.groups()
-    if days is not None:  # D-HH[:MM[:SS]]
-        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
-        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
-    elif third is not None:  # HH:MM:SS
-        total = int(first) * 3600 + int(second) * 60 + int(third)
-    else:  # MM or MM:SS
-        total = int(first) * 60 + int(second or 0)
-    if total <= 0:
-        raise ValueError(f"time limit {text!r} must be positive")
-    return math.ceil(total / 60)
-
-
-class RuleError(ValueError):
-    """A rule across fields. `keys` (dotted, relative to the section that raises it) name the values it is about,
-    so the loader can point at the file:line, override or flag that set them."""
-
-    def __init__(self, message: str, *keys: str) -> None:
-        super().__init__(message)
-        self.keys = keys
-
-
-class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors and resolved values never change."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSpec(Section):
@@ -222,41 +183,6 @@ class DistributedSpec(Section):
     accelerate_config: str | None = Field(
         None, description="default: recipes/accelerate/<backend>.yaml (fsdp_qlora.yaml for FSDP with QLoRA)"
     )
-
-
-class ResourcesSpec(Section):
-    nodes: PositiveInt = 1
-    gpus_per_node: NonNegativeInt = 0
-    tasks_per_node: PositiveInt | None = Field(None, description="ranks per node; default: one per GPU, or 1")
-    gpu_type: str | None = None
-    cpus_per_task: PositiveInt = 4
-    mem: str | None = None
-    time: str = "24:00:00"
-    partition: str | None = None
-
-    @field_validator("time", mode="before")
-    @classmethod
-    def _slurm_time(cls, value: object) -> object:
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # `time: 90` is 90 minutes, as in sbatch
-        if isinstance(value, str):
-            slurm_minutes(value)
-        return value
-
-    @field_validator("mem")
-    @classmethod
-    def _slurm_mem(cls, value: str | None) -> str | None:
-        if value is not None and not _SLURM_MEM.match(value):
-            raise ValueError(f"not a SLURM memory size: {value!r} (e.g. 4000, 64G, 1T; units K, M, G, T)")
-        return value
-
-    @property
-    def minutes(self) -> int:
-        return slurm_minutes(self.time)
-
-    @property
-    def ranks_per_node(self) -> int:
-        return self.tasks_per_node or self.gpus_per_node or 1
 
 
 # export.combine modes that need adapters of one rank (checked at launch from the runs' recipes, and by jobs.export.mix

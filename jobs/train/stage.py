@@ -29,6 +29,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distribu
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
+from jobs.common.device import claim_gpu
 from jobs.common.model import base_model_path, load_model, load_tokenizer, peft_config
 from jobs.prepare.stage import ensure_prepared, load_prepared, read_report
 from jobs.spec.context import RankContext
@@ -163,6 +164,7 @@ def train(recipe: Recipe, plan: Plan, context: RankContext) -> str:
     if context.world_size != plan.world_size:
         raise RuntimeError(f"world size {context.world_size} but the plan asked for {plan.world_size}: "
                            "the launcher started the wrong number of ranks")
+    claim_gpu(context)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_seed(recipe.training.seed)
     with Tracker(context, "train", recipe, plan) as tracker:  # ends the MLflow run FINISHED, FAILED or KILLED

@@ -97,6 +97,14 @@ def run_parser() -> Parser:
     slurm.add_argument("-t", "--time", help="time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS")
     slurm.add_argument("--mem", help="memory per node, e.g. 480G")
     slurm.add_argument("--cpus-per-task", type=int)
+    slurm.add_argument("--cpu-partition", metavar="P",
+                       help="partition of the CPU stages, prepare and export (default: the site's default partition)")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch directive for every stage, e.g. reservation=maint or wckey=proj "
+                            "(repeatable; recipe: resources.sbatch)")
+    slurm.add_argument("--srun", action="append", default=[], metavar="ARG",
+                       help="an extra srun argument for every stage, e.g. --srun=--mpi=pmix (repeatable; replaces "
+                            "resources.srun)")
     slurm.add_argument("-A", "--account")
     slurm.add_argument("-q", "--qos")
     slurm.add_argument("-J", "--job-name")
@@ -131,6 +139,7 @@ RESOURCE_FLAGS = {
     "time": ("resources.time", "-t/--time"),
     "mem": ("resources.mem", "--mem"),
     "cpus_per_task": ("resources.cpus_per_task", "--cpus-per-task"),
+    "cpu_partition": ("resources.cpu_partition", "--cpu-partition"),
 }
 
 
@@ -142,6 +151,13 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
         if value is not None:  # JSON-quoted text stays text (a partition named "42", a time of "90")
             text = json.dumps(value) if isinstance(value, str) else str(value)
             flags[f"{key}={text}"] = f"flag {label} {value}"
+    for directive in args.sbatch:
+        key, equals, value = directive.partition("=")
+        if not equals or not key:
+            raise UserError(f"flag --sbatch {directive}: expected KEY=VALUE, e.g. --sbatch reservation=maint")
+        flags[f"resources.sbatch.{key.removeprefix('--')}={json.dumps(value)}"] = f"flag --sbatch {directive}"
+    if args.srun:
+        flags[f"resources.srun={json.dumps(args.srun)}"] = f"flag --srun {' '.join(args.srun)}"
     if args.nproc is not None and not args.local:
         raise UserError("flag --nproc: only with --local (on SLURM, ranks come from -N and --gpus-per-node)")
     for attr, flag in (("nodes", "-N/--nodes"), ("gpus_per_node", "--gpus-per-node")):

@@ -33,8 +33,8 @@ def cmd_mlflow_server(argv: Sequence[str]) -> int:
                      help="seconds to wait for the job to start and answer (default 300)")
     runs_arguments(parser)
     args = parser.parse_args(argv)
+    from jobs.spec.resources import slurm_minutes
     from jobs.spec.rundir import runs_root
-    from jobs.spec.schema import slurm_minutes
     from launchers.mlflow_server import serve, server_spec, submit_server
 
     root = runs_root(args.runs_dir)

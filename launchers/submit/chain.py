@@ -10,7 +10,7 @@ tests/unit/test_dry_run.py (golden sbatch scripts) and tests/cluster/test_slurm.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from jobs.spec.plan import Plan
 from jobs.spec.schema import Recipe
 from jobs.spec.stages import BY_NAME
 from launchers.submit.request import StartRequest
-from launchers.submit.slurm import SlurmOptions, cancel_jobs, slurm_executor, slurm_parameters, submit
+from launchers.submit.slurm import SlurmOptions, cancel_jobs, slurm_executor, slurm_parameters, srun_arguments, submit
 from launchers.submit.stage import Stage
 
 
@@ -42,17 +42,13 @@ def stage_ranks(recipe: Recipe, plan: Plan, stage: str) -> tuple[int, int]:
 
 
 def stage_parameters(recipe: Recipe, plan: Plan, options: SlurmOptions, stage: str) -> dict[str, Any]:
-    """The train stage gets the recipe's nodes and GPUs, eval a GPU per rank, the others one task without GPUs."""
-    params = slurm_parameters(recipe, plan, replace(options, job_name=f"{options.job_name}-{stage}"))
-    if stage == "train":
-        return params
+    """The train stage gets the recipe's nodes and GPUs, eval a GPU per rank on one node, the CPU stages one task
+    and no GPU; each its own partition, CPUs, memory and time (jobs.spec.resources)."""
     nodes, ranks = stage_ranks(recipe, plan, stage)
-    params.update(nodes=nodes, ntasks_per_node=ranks)
-    if not BY_NAME[stage].needs_gpu:
-        params.pop("gpus_per_node", None)
-    elif "gpus_per_node" in params:
-        params["gpus_per_node"] = ranks
-    return params
+    gpus = 0
+    if BY_NAME[stage].needs_gpu and recipe.resources.gpus_per_node:
+        gpus = recipe.resources.gpus_per_node if stage == "train" else ranks
+    return slurm_parameters(recipe, options, stage, nodes, ranks, gpus)
 
 
 def chain_jobs(
@@ -62,8 +58,8 @@ def chain_jobs(
     jobs = []
     for index, stage in enumerate(stages):
         params = stage_parameters(recipe, plan, options, stage)
-        if srun_args:
-            params["srun_args"] = list(srun_args)
+        params["srun_args"] = [*srun_arguments(params["cpus_per_task"], "gpus_per_node" in params),
+                               *recipe.resources.srun, *srun_args]
         if index > 0:
             params.pop("dependency", None)  # the user's --dependency applies to the first stage
         if index > 0 or "dependency" in params:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec.errors import UserError
-from jobs.spec.plan import Plan
+from jobs.spec.resources import slurm_minutes
 from jobs.spec.schema import Recipe
+from jobs.spec.stages import BY_NAME
 
 
 @dataclass(frozen=True)
@@ -38,28 +39,37 @@ class SlurmOptions:
     setup: tuple[str, ...] = field(default_factory=tuple)
 
 
-def slurm_parameters(recipe: Recipe, plan: Plan, options: SlurmOptions) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters: one task per rank (one per GPU), resources from the recipe."""
+def slurm_parameters(recipe: Recipe, options: SlurmOptions, stage: str, nodes: int, ranks: int,
+                     gpus: int) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of one stage's job: `nodes` × `ranks` tasks (a task per rank), `gpus` per
+    node (0: none, as for the CPU stages), and the stage's partition, CPUs, memory and time from the recipe
+    (`ResourcesSpec.of`), plus the site's own sbatch directives. submitit's default --wckey=submitit is dropped
+    (sites that enforce wckeys reject it): set one with resources.sbatch.wckey."""
     res = recipe.resources
+    own = res.of(stage, BY_NAME[stage].needs_gpu)
+    minutes = slurm_minutes(own.time or res.time)
+    typed = res.gpu_type if gpus and res.gpu_type else None
     params: dict[str, Any] = {
-        "job_name": options.job_name,
-        "nodes": plan.nodes,
-        "ntasks_per_node": plan.ranks_per_node,
-        "cpus_per_task": res.cpus_per_task,
-        "time": res.minutes,
+        "job_name": f"{options.job_name}-{stage}",
+        "nodes": nodes,
+        "ntasks_per_node": ranks,
+        "cpus_per_task": own.cpus_per_task,
+        "time": minutes,
         # SLURM's warning before the time limit (USR2): 2 minutes, or 3/4 of a shorter limit.
-        "signal_delay_s": min(120, res.minutes * 60 * 3 // 4),
+        "signal_delay_s": min(120, minutes * 60 * 3 // 4),
         "setup": list(options.setup),
+        "wckey": None,
         # explicit, so requeue works where the site's default is JobRequeue=0 (and stays off with --no-requeue)
-        "additional_parameters": {"requeue" if options.requeue else "no-requeue": True},
+        "additional_parameters": {"requeue" if options.requeue else "no-requeue": True, **res.sbatch},
     }
+    constraints = [c for c in (options.constraint, typed if res.gpu_type_as == "constraint" else None) if c]
     optional = {
-        "gpus_per_node": res.gpus_per_node or None,
-        "mem": res.mem,
-        "partition": res.partition,
+        "gpus_per_node": (f"{typed}:{gpus}" if typed and res.gpu_type_as == "gres" else gpus) if gpus else None,
+        "mem": own.mem,
+        "partition": own.partition,
         "account": options.account,
         "qos": options.qos,
-        "constraint": options.constraint,
+        "constraint": "&".join(f"({c})" if "|" in c else c for c in constraints) or None,
         "exclusive": True if options.exclusive else None,
         "mail_type": options.mail_type,
         "mail_user": options.mail_user,
@@ -67,6 +77,15 @@ def slurm_parameters(recipe: Recipe, plan: Plan, options: SlurmOptions) -> dict[
     }
     params.update({key: value for key, value in optional.items() if value is not None})
     return params
+
+
+def srun_arguments(cpus_per_task: int, gpus: bool) -> list[str]:
+    """What each task's srun needs besides the job's sbatch options: the CPUs (since SLURM 22.05 srun does not
+    inherit sbatch's --cpus-per-task, and a rank may get a single core), --kill-on-bad-exit=1 (one crashed rank ends
+    the step instead of leaving the others waiting in a collective until its timeout) and, where the job has GPUs,
+    --gpu-bind=none: every task sees every GPU of its node and rank r takes cuda:LOCAL_RANK (a site default that
+    binds one GPU per task would show each rank one device, and the job checks it sees a GPU for each local rank)."""
+    return [f"--cpus-per-task={cpus_per_task}", "--kill-on-bad-exit=1", *(["--gpu-bind=none"] if gpus else [])]
 
 
 def submit_command(folder: Path, python: str) -> str:

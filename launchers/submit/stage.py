@@ -13,6 +13,7 @@ the signal: it relies on its last checkpoint, `training.save_steps` apart) and c
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from jobs.spec.rundir import RunDir
 from jobs.spec.schema import Recipe
 
 StageJob = Callable[[Recipe, Plan, RankContext], Any]
+MASTER_PORTS = (20000, 60000)  # the rendezvous port is drawn from here, seeded by the job id
 
 
 def job_of(stage: str) -> StageJob:
@@ -50,15 +52,42 @@ def job_of(stage: str) -> StageJob:
     raise ValueError(f"no job for stage {stage!r}")
 
 
-def export_torch_distributed() -> Any:
-    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from submitit's environment.
+@dataclass(frozen=True)
+class DistributedEnvironment:
+    """This task's place in the job's torch.distributed world, as exported to the environment."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+
+    def variables(self) -> dict[str, str]:
+        return {"RANK": str(self.rank), "LOCAL_RANK": str(self.local_rank), "WORLD_SIZE": str(self.world_size),
+                "LOCAL_WORLD_SIZE": str(self.local_world_size), "MASTER_ADDR": self.master_addr,
+                "MASTER_PORT": str(self.master_port)}
+
+
+def export_torch_distributed() -> DistributedEnvironment:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the job itself (SLURM's
+    variables, or the local executor's, through submitit's JobEnvironment), overwriting whatever is already set:
+    container hooks (enroot/pyxis's PyTorch hook) set these for a one-node world, and submitit's own export refuses
+    to run over them. The port comes from the job id, the same on every task of a job.
 
     CUDA_VISIBLE_DEVICES stays as SLURM (or the local executor) set it, every GPU granted on the node: accelerate,
-    DeepSpeed and the jobs put rank r on cuda:LOCAL_RANK. submitit's default would narrow it to the rank's own GPU,
-    seen as cuda:0, and every rank but the first of a node would fail with "invalid device ordinal"."""
+    DeepSpeed and the jobs put rank r on cuda:LOCAL_RANK. Narrowed to the rank's own GPU, seen as cuda:0, every rank
+    but the first of a node would fail with "invalid device ordinal"."""
     import submitit
 
-    return submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    job = submitit.JobEnvironment()
+    env = DistributedEnvironment(
+        rank=job.global_rank, local_rank=job.local_rank, world_size=job.num_tasks,
+        local_world_size=job.num_tasks // job.num_nodes, master_addr=job.hostnames[0],
+        master_port=random.Random(job.job_id).randint(*MASTER_PORTS),
+    )
+    os.environ.update(env.variables())
+    return env
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,7 @@ class Stage:
         job = submitit.JobEnvironment()
         context = RankContext(
             run_dir=Path(self.run_dir), rank=env.rank, local_rank=env.local_rank, world_size=env.world_size,
+            local_world_size=env.local_world_size,
             attempt=f"{job.job_id}.{os.environ.get('SLURM_RESTART_COUNT', '0')}",
         )
         node = job.hostnames[job.node] if job.node < len(job.hostnames) else job.hostname

@@ -125,6 +125,8 @@ AccountingStoragePort=$DBD_PORT
 # Clients and slurmctld reach slurmdbd with the "global" MUNGE credential, whose socket is
 # AccountingStoragePass, not AuthInfo: without this sacct/sacctmgr use /run/munge.
 AccountingStoragePass=socket=$MUNGE_SOCK
+# sacct shows a job's --comment (the tests pass one through --sbatch, as a site directive)
+AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none

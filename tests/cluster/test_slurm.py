@@ -46,6 +46,13 @@ def job_logs(run: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((run / "submitit").glob("*.err")))
 
 
+def sacct_fields(job_id: str, fields: str) -> list[str]:
+    """One job's accounting fields (the allocation's line), as sacct reports them."""
+    done = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return done.stdout.strip().splitlines()[0].split("|")
+
+
 def finished(states: list[StageState]) -> bool:
     return all(s.state in TERMINAL for s in states)
 
@@ -57,11 +64,16 @@ def log_text(run: Path, stage: str, rank: int) -> str:
 
 def test_two_nodes_ddp_chain_runs_prepare_train_export_eval(tmp_path: Path) -> None:
     submit(tmp_path, "lora", "tiny-llama", "-N", "2", "--name", "ddp2", "eval.humaneval_problems=2",
-           "eval.fim_samples=2")
+           "eval.fim_samples=2", "--cpu-partition", "cpu", "--sbatch", "comment=clusterft-test")
     run = tmp_path / "runs" / "tiny-llama" / "ddp2"
     states = wait_until(run, finished)
     assert [(s.stage, s.state) for s in states] == [
         ("prepare", "COMPLETED"), ("train", "COMPLETED"), ("export", "COMPLETED"), ("eval", "COMPLETED")], job_logs(run)
+    # per-stage resources: the CPU stages ran on the CPU partition; every stage carried the site directive
+    jobs = json.loads((run / "launch.json").read_text())["jobs"]
+    accounting = {stage: sacct_fields(job, "Partition,Comment") for stage, job in jobs.items()}
+    assert accounting == {"prepare": ["cpu", "clusterft-test"], "train": ["debug", "clusterft-test"],
+                          "export": ["cpu", "clusterft-test"], "eval": ["debug", "clusterft-test"]}
     assert "rank 0/2 on node n1" in log_text(run, "train", 0)
     assert "rank 1/2 on node n2" in log_text(run, "train", 1)
     assert (run / "final" / "adapter_model.safetensors").exists()

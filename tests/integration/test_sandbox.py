@@ -6,6 +6,7 @@ Every sample is bounded by its wall-clock timeout (a few seconds). Durations are
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -265,3 +266,20 @@ def test_refuses_without_namespaces_unless_the_risk_is_accepted(isolation: dict[
     assert result.returncode == 0, result.stderr
     assert "UNAVAILABLE:" in result.stdout and "allow_network=True" in result.stdout, result.stdout
     assert "ACCEPTED: passed" in result.stdout and "'netns': False" in result.stdout, result.stdout
+
+
+def test_the_pool_fits_the_cpus_this_process_may_use() -> None:
+    """Pinned to one CPU (as SLURM binds a job to its allocation), run_many runs one sandbox at a time: no two
+    programs' run intervals overlap. os.cpu_count() would have sized the pool by the host's cores."""
+    program = "import time\nstart = time.time()\ntime.sleep(0.4)\nprint(start, time.time())\n"
+    code = textwrap.dedent(f"""
+        import json, os
+        from jobs.eval.sandbox import run_many
+        os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})
+        outcomes = run_many([{program!r}] * 4, timeout_s=30)
+        print(json.dumps([o.output.split() for o in outcomes]))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    spans = sorted((float(a), float(b)) for a, b in json.loads(done.stdout.splitlines()[-1]))
+    assert len(spans) == 4
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans

@@ -98,7 +98,7 @@ def test_golden_sbatch_is_sane(method: str) -> None:
     lines = (GOLDEN / f"starcoder15b-{method}.sbatch").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "#!/bin/bash"
     for directive in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--time=720", "--partition=gpu",
-                      f"--job-name=starcoder15b-{method}-train", "--cpus-per-task=10", "--mem=1000G",
+                      f"--job-name=starcoder15b-{method}-train", "--cpus-per-task=10", "--mem=0",
                       "--output=/RUNS/starcoder15b/golden/submitit/%j_0_log.out"):
         assert f"#SBATCH {directive}" in lines, directive
     srun = next(line for line in lines if line.startswith("srun "))
@@ -125,6 +125,18 @@ def test_dry_run_shows_the_whole_chain(launch: Launch) -> None:
     assert "afterok:<export job id>" in evaluate and "#SBATCH --gpus-per-node=8" in evaluate
     assert "#SBATCH --ntasks-per-node=8" in evaluate and "#SBATCH --nodes=1" in evaluate
     assert "#SBATCH --job-name=starcoder15b-full-ft-eval" in evaluate
+
+
+def test_every_task_gets_its_cpus_and_a_crashed_rank_ends_the_step(launch: Launch) -> None:
+    """srun does not inherit --cpus-per-task (SLURM >= 22.05) and, without --kill-on-bad-exit, the other ranks of a
+    crashed one wait in a collective until it times out; GPU stages leave every GPU of the node to each task."""
+    result = launch("full-ft", "starcoder15b", "--dry-run", *CLUSTER_FLAGS, "--name", "golden", "--runs-dir", "/RUNS")
+    for stage in ("prepare", "train", "export", "eval"):
+        lines = sbatch_of(result, stage).splitlines()
+        cpus = next(line for line in lines if line.startswith("#SBATCH --cpus-per-task=")).removeprefix("#SBATCH ")
+        srun = next(line for line in lines if line.startswith("srun "))
+        assert f" {cpus} --kill-on-bad-exit=1" in srun, (stage, srun)
+        assert ("--gpu-bind=none" in srun) == (stage in ("train", "eval")), (stage, srun)
 
 
 def test_overrides_may_follow_flags(launch: Launch) -> None:

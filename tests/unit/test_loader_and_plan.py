@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from jobs.spec.resources import slurm_minutes
 from jobs.spec.rundir import public_uri
-from jobs.spec.schema import slurm_minutes
 from launchers.recipe.load import RECIPES_ROOT, deep_merge, parse_override, read_yaml, resolve
 from launchers.recipe.plan import ACCELERATE_DIR, make_plan
 from tests.unit.launch_harness import CliResult, line_of

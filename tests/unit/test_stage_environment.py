@@ -29,3 +29,19 @@ def test_every_gpu_of_the_node_stays_visible_and_rank_r_takes_cuda_r(monkeypatch
     assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("1", "1", "2")
     # not narrowed to "1": with one GPU visible, cuda:1 (accelerate's device for LOCAL_RANK 1) would not exist
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_slurm_values_win_over_what_a_container_hook_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """enroot/pyxis's PyTorch hook sets a one-node world in every task; the job's own values must replace it."""
+    hook = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29500"}
+    slurm = {"SLURM_JOB_ID": "777", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+             "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_STEP_NODELIST": "",
+             "SUBMITIT_EXECUTOR": "slurm"}
+    for key, value in {**hook, **slurm}.items():
+        monkeypatch.setenv(key, value)
+    env = export_torch_distributed()
+    exported = {key: os.environ[key] for key in EXPORTED}
+    assert exported["RANK"] == "9" and exported["WORLD_SIZE"] == "16" and exported["LOCAL_RANK"] == "1"
+    assert exported["LOCAL_WORLD_SIZE"] == "8" and exported["MASTER_ADDR"] == "gpu07"
+    assert 20000 <= env.master_port <= 60000 and exported["MASTER_PORT"] == str(env.master_port) != "29500"

@@ -106,7 +106,7 @@ def main() -> None:
         identical = same_tensors(work / "ours", work / "theirs")
     rss = {name: statistics.median(r for _, r in runs) for name, runs in results.items()}
     secs = {name: statistics.median(s for s, _ in runs) for name, runs in results.items()}
-    print(f"| tool | peak RSS (MiB) | seconds | RSS vs zero_to_fp32 |\n|---|---|---|---|")
+    print("| tool | peak RSS (MiB) | seconds | RSS vs zero_to_fp32 |\n|---|---|---|---|")
     for name in results:
         print(f"| {name} | {rss[name]:.0f} | {secs[name]:.2f} | {rss[name] / rss['zero_to_fp32']:.2f}× |")
     print(f"\nmodel: {model_mib:.0f} MiB of fp32 safetensors; identical tensors: {identical}; medians of "

@@ -151,7 +151,7 @@ def _join_ranks(context: RankContext) -> None:
 def generate_split(engine: Engine, requests: Sequence[GenerationRequest],
                    context: RankContext) -> list[list[list[str]]] | None:
     """Rank r generates every request's prompts[r::world]; rank 0 gets every completion of every request, in prompt
-    order; the other ranks None."""
+    order; the other ranks None. The process group ends here, on every rank."""
     world = context.world_size
     mine = engine.generate([GenerationRequest(r.prompts[context.rank::world], r.settings) for r in requests])
     if world == 1:
@@ -160,6 +160,9 @@ def generate_split(engine: Engine, requests: Sequence[GenerationRequest],
 
     parts: list[Any] | None = [None] * world if context.is_main else None
     dist.gather_object(mine, parts, dst=0)
+    # The split is over: rank 0 scores alone (the sandbox, held-out loss), and the other ranks end now rather than
+    # wait for it in the stage's final barrier, which a long scoring pass would time out.
+    dist.destroy_process_group()
     if parts is None:
         return None
     merged: list[list[list[str]]] = [[[] for _ in r.prompts] for r in requests]

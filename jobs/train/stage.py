@@ -196,10 +196,10 @@ def build_trainer(recipe: Recipe, plan: Plan, context: RankContext, tracker: Tra
     if context.is_main:
         tracker.log_metrics(data_metrics(read_report(prepared)), step=0)
     tokenizer = load_tokenizer(recipe)
-    model = load_model(recipe, base_model_path(recipe, context, tokenizer), context)
+    args, model = load_for_training(recipe, plan, context, tokenizer)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(recipe, plan, run),
+        args=args,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("eval"),
         processing_class=tokenizer,
@@ -215,6 +215,22 @@ def build_trainer(recipe: Recipe, plan: Plan, context: RankContext, tracker: Tra
         print(f"[train] {recipe.name}: {plan.world_size} rank(s), {trainer.accelerator.distributed_type.name}, "
               f"{len(datasets['train'])} train sequences, GA {plan.gradient_accumulation_steps}", flush=True)
     return trainer, tokenizer
+
+
+def load_for_training(recipe: Recipe, plan: Plan, context: RankContext, tokenizer: Any) -> tuple[SFTConfig, Any]:
+    """The trainer's arguments, then the model. In this order: the arguments register the DeepSpeed config, and
+    only then does `from_pretrained` build the model under ZeRO-3's zero.Init — each rank holds and reads its own
+    partition of the weights instead of a whole copy (16 ranks × 31 GB of StarCoder-15B in a node's CPU memory).
+    The random-init base (rank 0, `base_model_path`) is written before, as a whole model."""
+    path = base_model_path(recipe, context, tokenizer)
+    args = sft_config(recipe, plan, RunDir(context.run_dir))
+    if args.deepspeed:
+        import deepspeed
+
+        # zero.Init sizes its config by deepspeed.comm's world, which accelerate has started only on GPUs (on CPU it
+        # starts torch.distributed alone): join it to the world the arguments started, a no-op where it is.
+        deepspeed.init_distributed()
+    return args, load_model(recipe, path, context)
 
 
 def model_flops(model: Any, seq_length: int, context: RankContext) -> tuple[float | None, float | None]:

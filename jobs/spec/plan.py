@@ -23,6 +23,7 @@ class Plan:
     tokens_per_step: int
     precision: Precision
     accelerate_config: str | None
+    fsdp_version: int | None = None  # backend fsdp: 1 or 2, as the Trainer's FSDP plugin must report it
     accelerate: dict[str, Any] = field(default_factory=dict)
     deepspeed: dict[str, Any] | None = None
 

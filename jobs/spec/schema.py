@@ -183,6 +183,9 @@ class DistributedSpec(Section):
     accelerate_config: str | None = Field(
         None, description="default: recipes/accelerate/<backend>.yaml (fsdp_qlora.yaml for FSDP with QLoRA)"
     )
+    fsdp_version: Literal[1, 2] | None = Field(
+        None, description="backend fsdp: torch FSDP1 or FSDP2 (fully_shard); default 1 for QLoRA (FSDP2 can alter "
+                          "NF4 weights packed in bf16, bitsandbytes#1945), else 2")
 
 
 # export.combine modes that need adapters of one rank (checked at launch from the runs' recipes, and by jobs.export.mix

@@ -97,6 +97,7 @@ def sft_config(recipe: Recipe, plan: Plan, run: RunDir) -> SFTConfig:
         fsdp = plan.accelerate.get("fsdp_config", {})
         kwargs["fsdp"] = "full_shard auto_wrap"
         kwargs["fsdp_config"] = {key.removeprefix("fsdp_"): value for key, value in fsdp.items()}
+        kwargs["fsdp_config"]["version"] = plan.fsdp_version  # transformers 5 would take FSDP2 when unsaid
     if t.gradient_checkpointing:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return SFTConfig(**kwargs)
@@ -212,7 +213,8 @@ def build_trainer(recipe: Recipe, plan: Plan, context: RankContext, tracker: Tra
     trainer.add_callback(CompleteCheckpoints(expected))
     _check_distributed(trainer, recipe, plan)
     if context.is_main:
-        print(f"[train] {recipe.name}: {plan.world_size} rank(s), {trainer.accelerator.distributed_type.name}, "
+        version = f" (FSDP{plan.fsdp_version})" if plan.fsdp_version else ""
+        print(f"[train] {recipe.name}: {plan.world_size} rank(s), {trainer.accelerator.distributed_type.name}{version}, "
               f"{len(datasets['train'])} train sequences, GA {plan.gradient_accumulation_steps}", flush=True)
     return trainer, tokenizer
 
@@ -256,6 +258,11 @@ def _check_distributed(trainer: SFTTrainer, recipe: Recipe, plan: Plan) -> None:
     ran = accelerator.distributed_type.name
     if ran not in EXPECTED_DISTRIBUTED[recipe.distributed.backend]:
         raise RuntimeError(f"distributed.backend {recipe.distributed.backend} asked for, but accelerate runs {ran}")
+    if plan.fsdp_version is not None:
+        version = getattr(accelerator.state.fsdp_plugin, "fsdp_version", None)
+        if version != plan.fsdp_version:
+            raise RuntimeError(f"distributed.fsdp_version {plan.fsdp_version} asked for, but the Trainer's FSDP plugin "
+                               f"runs version {version}")
 
 
 if __name__ == "__main__":

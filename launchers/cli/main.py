@@ -313,7 +313,8 @@ def plan_summary(recipe: Any, plan: Any, run: Any, executor: str, uri: str, stag
         f"batch:       {recipe.training.per_device_batch_size} per device × GA {plan.gradient_accumulation_steps} "
         f"× {plan.world_size} ranks = {plan.global_batch_size} sequences ({plan.tokens_per_step} tokens) per step",
         f"precision:   {plan.precision}",
-        f"accelerate:  {plan.accelerate_config or 'none (single process)'}",
+        f"accelerate:  {plan.accelerate_config or 'none (single process)'}"
+        + (f" (FSDP{plan.fsdp_version})" if plan.fsdp_version else ""),
         f"tracking:    {public_uri(uri)}",
     ]
     return "\n".join(lines)

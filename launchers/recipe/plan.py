@@ -42,6 +42,16 @@ def precision_of(recipe: Recipe) -> Precision:
     return PRECISION_OF_DTYPE[dtype]  # type: ignore[return-value]
 
 
+def fsdp_version_of(recipe: Recipe) -> int | None:
+    """The FSDP version a recipe trains with: as it says, else FSDP1 for QLoRA (the version FSDP-QLoRA is known to
+    be correct with), else FSDP2; None without FSDP."""
+    if recipe.distributed.backend != "fsdp":
+        return None
+    if recipe.distributed.fsdp_version is not None:
+        return recipe.distributed.fsdp_version
+    return 1 if recipe.method.kind == "qlora" else 2
+
+
 def make_plan(resolved: Resolved) -> Plan:
     recipe = resolved.recipe
     training = recipe.training
@@ -61,6 +71,7 @@ def make_plan(resolved: Resolved) -> Plan:
     else:
         accumulation = training.gradient_accumulation_steps or 1
     precision = precision_of(recipe)
+    fsdp_version = fsdp_version_of(recipe)
 
     config_path = _accelerate_path(resolved)
     accelerate: dict[str, Any] = {}
@@ -78,7 +89,9 @@ def make_plan(resolved: Resolved) -> Plan:
                       ds_section.get("gradient_accumulation_steps"), accumulation, "the recipe")
         if recipe.distributed.backend == "fsdp":
             fsdp = accelerate.get("fsdp_config") or {}
-            if recipe.method.kind == "qlora" and fsdp.get("fsdp_use_orig_params", False):
+            checker.agree("fsdp_config.fsdp_version", fsdp.get("fsdp_version"), fsdp_version,
+                          "distributed.fsdp_version (default: 1 for QLoRA, else 2)")
+            if recipe.method.kind == "qlora" and fsdp_version == 1 and fsdp.get("fsdp_use_orig_params", False):
                 checker.fail("fsdp_config.fsdp_use_orig_params", "FSDP-QLoRA needs fsdp_use_orig_params: false")
             if fsdp.get("fsdp_cpu_ram_efficient_loading") and not fsdp.get("fsdp_sync_module_states"):
                 checker.fail("fsdp_config.fsdp_sync_module_states",
@@ -105,6 +118,7 @@ def make_plan(resolved: Resolved) -> Plan:
         tokens_per_step=micro * accumulation * world * recipe.data.seq_length,
         precision=precision,
         accelerate_config=str(config_path) if config_path else None,
+        fsdp_version=fsdp_version,
         accelerate=accelerate,
         deepspeed=deepspeed,
     )

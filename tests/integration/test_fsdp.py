@@ -20,14 +20,16 @@ from jobs.train.fsdp_state import load_sharded, sharded_model
 from tests.integration.conftest import assert_ok, launch
 
 SHIM = Path(__file__).parents[1] / "shims" / "fsdp_on_cpu"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def launch_fsdp(tmp_path: Path, method: str, model: str, *overrides: str) -> Path:
+def launch_fsdp(tmp_path: Path, method: str, model: str, *overrides: str, version: int) -> Path:
     path = os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")]))
     result = launch(method, model, "--local", "--nproc", "2", "--name", "fsdp", "--stages", "train",
                     "distributed.backend=fsdp", *overrides, cwd=tmp_path, env={"PYTHONPATH": path})
     assert_ok(result)
-    assert "2 rank(s), FSDP" in result.stdout, result.stdout
+    # the version the plan asked for, as the Trainer's FSDP plugin reports it (the job refuses any other)
+    assert f"2 rank(s), FSDP (FSDP{version})" in result.stdout, result.stdout
     run = tmp_path / "runs" / model / "fsdp"
     assert (run / "final" / ".complete").exists()
     assert not (run / "final" / ".fsdp-shards").exists()
@@ -57,7 +59,7 @@ def export_checkpoint(tmp_path: Path, step: int) -> Path:
 
 
 def test_fsdp_full_fine_tune_saves_the_whole_model(tmp_path: Path) -> None:
-    run = launch_fsdp(tmp_path, "full-ft", "tiny-starcoder")  # tied embeddings: lm_head is wte
+    run = launch_fsdp(tmp_path, "full-ft", "tiny-starcoder", version=2)  # tied embeddings: lm_head is wte
     from transformers import AutoModelForCausalLM
 
     last = shards(run, 30)
@@ -79,7 +81,10 @@ def test_fsdp_full_fine_tune_saves_the_whole_model(tmp_path: Path) -> None:
 
 def test_fsdp_qlora_saves_a_verified_adapter(tmp_path: Path) -> None:
     # FSDP-QLoRA stores the 4-bit weights as the model dtype (float32 for the tiny model) so FSDP can shard them.
-    run = launch_fsdp(tmp_path, "qlora", "tiny-llama", "method.quantization.storage_dtype=float32")
+    # QLoRA defaults to FSDP1; on CPU, FSDP1 over bitsandbytes' 4-bit layers fails in the forward (a bf16 × fp32
+    # matmul), so this CPU run asks for FSDP2. FSDP1-QLoRA is checked on a GPU (bench/gpu/acceptance.py).
+    run = launch_fsdp(tmp_path, "qlora", "tiny-llama", "method.quantization.storage_dtype=float32",
+                      "distributed.fsdp_version=2", version=2)
     from peft import AutoPeftModelForCausalLM
 
     last = shards(run, 30)  # the adapter only: the Trainer saves LoRA weights alone under FSDP
@@ -90,3 +95,16 @@ def test_fsdp_qlora_saves_a_verified_adapter(tmp_path: Path) -> None:
     exported = export_checkpoint(tmp_path, 15)  # the adapter, and the model it merges into the 16-bit base
     assert_same(exported / "adapter" / "adapter_model.safetensors", shards(run, 15))
     assert (exported / "model" / "model.safetensors").exists()
+
+
+def test_fsdp1_is_what_runs_when_the_recipe_asks_for_it(tmp_path: Path) -> None:
+    """transformers 5 takes FSDP2 unless told: the version reaches the Trainer's plugin, which the job checks. FSDP1
+    refuses sync_module_states and RAM-efficient loading on CPU (FSDP2 ignored them): the shipped config with both
+    off, as a CPU site would write it."""
+    config = (ROOT / "recipes" / "accelerate" / "fsdp.yaml").read_text()
+    cpu_config = tmp_path / "fsdp_cpu.yaml"
+    cpu_config.write_text(config.replace("fsdp_cpu_ram_efficient_loading: true", "fsdp_cpu_ram_efficient_loading: false")
+                          .replace("fsdp_sync_module_states: true", "fsdp_sync_module_states: false"))
+    run = launch_fsdp(tmp_path, "full-ft", "tiny-starcoder", "distributed.fsdp_version=1",
+                      f"distributed.accelerate_config={cpu_config}", version=1)
+    assert (run / "final" / "model.safetensors").exists()

@@ -30,6 +30,23 @@ def _patch(state: ModuleType) -> None:
             self.fsdp_plugin = fsdp_plugin
 
     state.AcceleratorState.__init__ = init
+    _fsdp1_on_cpu()
+
+
+def _fsdp1_on_cpu() -> None:
+    """FSDP1 compares accelerate's `device_id` (cpu:<local rank> here) with the CPU it computes on ("cpu") and
+    refuses the mismatch: the CPU is named without an index."""
+    import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    original_init = FullyShardedDataParallel.__init__
+
+    def init(self: Any, *args: Any, device_id: Any = None, **kwargs: Any) -> None:
+        if device_id is not None and torch.device(device_id).type == "cpu":
+            device_id = torch.device("cpu")
+        original_init(self, *args, device_id=device_id, **kwargs)
+
+    FullyShardedDataParallel.__init__ = init
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

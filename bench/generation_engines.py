@@ -51,13 +51,14 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides, e.g. model.config=...")
     args = parser.parse_args()
 
     import torch
 
     from jobs.eval.generation import vllm_installed
 
-    recipe = resolve(*args.recipe).recipe
+    recipe = resolve(*args.recipe, args.overrides).recipe
     tokenizer = load_tokenizer(recipe)
     workdir = Path(tempfile.mkdtemp(prefix="bench-generation-"))
     context = RankContext(workdir)

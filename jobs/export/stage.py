@@ -164,8 +164,11 @@ def _write_version(run: RunDir, recipe: Recipe, source: Path, staging: Path) -> 
                 print(f"[export] transfer: {spec.base} has the architecture and shapes of {base}", flush=True)
                 base = target
             weight = 1.0 if spec.adapters else spec.adapter_weight  # a mix carries its weights in its factors
-            print(f"[export] merging {source.name} (weight {weight:g}) into {base}", flush=True)
-            report = merge_adapter(base, source, staging / "model", weight=weight, dtype=spec.dtype)
+            # the dtype the run trained in, unless asked: a base stored in fp32 (StarCoder's hub weights) would
+            # otherwise give a merged model twice the size (64 GB at 15B) of the one that was trained
+            dtype = spec.dtype or recipe.model.dtype
+            print(f"[export] merging {source.name} (weight {weight:g}) into {base} as {dtype}", flush=True)
+            report = merge_adapter(base, source, staging / "model", weight=weight, dtype=dtype)
             print(f"[export] merged {report.modules_merged} LoRA modules in {report.elapsed_s:.1f} s", flush=True)
             written.append("model")
     else:

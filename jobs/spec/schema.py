@@ -199,7 +199,8 @@ class ExportSpec(Section):
     checkpoint: PositiveInt | None = Field(None, description="export checkpoints/checkpoint-N instead of final/")
     adapter_weight: Annotated[float, Field(gt=0.0, le=4.0)] = Field(
         1.0, description="LoRA/QLoRA: scale of the adapter in the merged model (the seed down-weighted to 0.8)")
-    dtype: Dtype | None = Field(None, description="cast floating weights to this dtype (default: keep the base's)")
+    dtype: Dtype | None = Field(None, description="cast floating weights to this dtype (default: a merged model in "
+                                                  "model.dtype, the one trained; a full model as it was saved)")
     merge: bool = Field(True, description="LoRA/QLoRA: write the merged model next to the adapter (false: adapter only)")
     base: str | None = Field(None, description="LoRA/QLoRA: merge into this base instead (a directory or hub id of the "
                              "same architecture and shapes, e.g. a sibling fine-tune)")

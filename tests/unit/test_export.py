@@ -254,3 +254,17 @@ def test_status_shows_the_newest_export_and_evaluation(tmp_path: Path) -> None:
     text = describe(run)
     assert f"export v2 (2 in all, from final): model 3.8 MB, adapter 0.0 MB  {run.path / 'export' / 'v2'}" in text
     assert "eval merged-20261123-000000: heldout_loss=1.5  humaneval_pass_at_1=0.25" in text
+
+
+def test_a_merge_is_written_in_the_dtype_the_run_trained_in(tmp_path: Path) -> None:
+    """A base stored in fp32 (as StarCoder's hub weights are) merged for a bf16 run gives a bf16 model, not fp32."""
+    from safetensors import safe_open
+
+    run, recipe = make_run(tmp_path, "lora")  # the base is saved in float32
+    trained_in_bf16 = recipe.model_copy(update={"model": recipe.model.model_copy(update={"dtype": "bfloat16"})})
+    done = export_run(run, trained_in_bf16)
+    dtypes = set()
+    for shard in (done.path / "model").glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as handle:
+            dtypes |= {handle.get_slice(name).get_dtype() for name in handle.keys()}
+    assert dtypes == {"BF16"}

@@ -120,6 +120,16 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.last = (time.perf_counter(), state.global_step)
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_window(state)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._restart_window(state)
+
+    def _restart_window(self, state: Any) -> None:
+        """An evaluation or a checkpoint just took its time: the next tokens/s and MFU count training alone."""
+        self.last = (time.perf_counter(), state.global_step)
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         if not state.is_world_process_zero or not logs:
             return

@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from jobs.spec.redaction import REDACTED, redact_text
 from jobs.spec.section import NonNegativeInt, PositiveInt, Section
 
 SLURM_TIME_FORMATS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
@@ -33,13 +34,13 @@ _SLURM_MEM = re.compile(r"^[0-9]+[KMGT]?$")
 _SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _SBATCH_KEY = re.compile(r"^[a-z][a-z0-9-]*$")
 # sbatch options the launcher sets itself, and where a user sets them instead
-MANAGED_SBATCH = {
+MANAGED_SBATCH: dict[str, str | None] = {
     "nodes": "-N/--nodes", "ntasks-per-node": "--gpus-per-node (a rank per GPU)", "gpus-per-node": "--gpus-per-node",
     "gpus": "--gpus-per-node", "gres": "resources.gpu_type_as: gres", "cpus-per-task": "--cpus-per-task",
     "mem": "--mem", "time": "-t/--time", "partition": "-p/--partition or --cpu-partition", "job-name": "-J/--job-name",
-    "output": "the run directory", "error": "the run directory", "dependency": "--dependency", "signal": "none",
-    "open-mode": "none", "requeue": "--requeue/--no-requeue", "no-requeue": "--requeue/--no-requeue",
-    "kill-on-invalid-dep": "none", "array": "none", "account": "-A/--account", "qos": "-q/--qos",
+    "output": "the run directory", "error": "the run directory", "dependency": "--dependency", "signal": None,
+    "open-mode": None, "requeue": "--requeue/--no-requeue", "no-requeue": "--requeue/--no-requeue",
+    "kill-on-invalid-dep": None, "array": None, "account": "-A/--account", "qos": "-q/--qos",
     "constraint": "--constraint", "exclusive": "--exclusive", "mail-type": "--mail-type", "mail-user": "--mail-user",
 }
 OTHER_STAGES = ("prepare", "export", "eval")
@@ -61,6 +62,13 @@ def slurm_minutes(text: str) -> int:
     if total <= 0:
         raise ValueError(f"time limit {text!r} must be positive")
     return math.ceil(total / 60)
+
+
+def _no_secret(directive: str) -> None:
+    """Site directives are written verbatim into each sbatch script: a secret there would stay on disk."""
+    if REDACTED in directive or redact_text(directive) != directive:
+        raise ValueError(f"{redact_text(directive)}: carries a secret, which would be written into the sbatch "
+                         "script: export it in your shell instead (sbatch passes your environment on)")
 
 
 def _time(value: object) -> object:
@@ -121,9 +129,11 @@ class ResourcesSpec(Section):
             if not _SBATCH_KEY.match(key):
                 raise ValueError(f"{key!r} is not an sbatch option name (lower case, without the leading --)")
             if key in MANAGED_SBATCH:
-                raise ValueError(f"{key}: set by the launcher; use {MANAGED_SBATCH[key]}")
+                instead = MANAGED_SBATCH[key]
+                raise ValueError(f"{key}: set by the launcher" + (f"; use {instead}" if instead else ""))
             if setting is False or "\n" in str(setting):
                 raise ValueError(f"{key}: {setting!r}: give a value, or true for a flag without one")
+            _no_secret(f"{key}={setting}")
         return value
 
     @field_validator("srun")
@@ -132,6 +142,7 @@ class ResourcesSpec(Section):
         for argument in value:
             if not argument.startswith("-") or "\n" in argument:
                 raise ValueError(f"{argument!r}: an srun option, e.g. --mpi=pmix")
+            _no_secret(argument)
         return value
 
     @property

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.spec.errors import UserError
+from jobs.spec.redaction import redact_text
 from launchers.cli.base import Parser
 
 # subcommand → "module:function", imported only when that subcommand runs (--help and --dry-run stay fast)
@@ -154,10 +155,12 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
     for directive in args.sbatch:
         key, equals, value = directive.partition("=")
         if not equals or not key:
-            raise UserError(f"flag --sbatch {directive}: expected KEY=VALUE, e.g. --sbatch reservation=maint")
-        flags[f"resources.sbatch.{key.removeprefix('--')}={json.dumps(value)}"] = f"flag --sbatch {directive}"
+            raise UserError(f"flag --sbatch {redact_text(directive)}: expected KEY=VALUE, e.g. --sbatch "
+                            "reservation=maint")
+        flags[f"resources.sbatch.{key.removeprefix('--')}={json.dumps(value)}"] = \
+            f"flag --sbatch {redact_text(directive)}"
     if args.srun:
-        flags[f"resources.srun={json.dumps(args.srun)}"] = f"flag --srun {' '.join(args.srun)}"
+        flags[f"resources.srun={json.dumps(args.srun)}"] = f"flag --srun {redact_text(' '.join(args.srun))}"
     if args.nproc is not None and not args.local:
         raise UserError("flag --nproc: only with --local (on SLURM, ranks come from -N and --gpus-per-node)")
     for attr, flag in (("nodes", "-N/--nodes"), ("gpus_per_node", "--gpus-per-node")):
@@ -294,8 +297,6 @@ def container_of(args: argparse.Namespace) -> Any:
 
 def check_setup_lines(lines: Sequence[str]) -> None:
     """--setup lines are written verbatim into the sbatch script: a secret there would be on disk for good."""
-    from jobs.spec.redaction import redact_text
-
     for line in lines:
         if redact_text(line) != line:
             raise UserError(f"flag --setup {redact_text(line)!r}: carries a secret, which would be written into the "

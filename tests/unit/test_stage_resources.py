@@ -94,7 +94,11 @@ def test_the_gpu_constraint_joins_the_users(launch: Launch) -> None:
     (("--sbatch", "Bad_Key=1"), "is not an sbatch option name"),
     (("--srun", "pmix"), "'pmix': an srun option"),
     (("resources.stages.export.mem=lots",), "not a SLURM memory size"),
+    (("--sbatch", "signal=B:USR1@60"), "sbatch: signal: set by the launcher"),
+    (("--sbatch", "comment=hf_abcdefghijklmnopqrstuvwxyz1234567"), "carries a secret"),
+    (("--srun=--export=TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789",), "carries a secret"),
 ])
 def test_bad_site_directives_are_one_line(launch: Launch, argv: tuple[str, ...], message: str) -> None:
     line = assert_one_error_line(launch("full-ft", "starcoder15b", "--dry-run", *CLUSTER, *argv))
     assert message in line, line
+    assert "ghp_" not in line and "hf_a" not in line  # a refused secret is not echoed either

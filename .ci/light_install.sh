@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The login-node install, for real: `pip install -e .` in a fresh venv (no torch, no training stack), then dry runs
-# of a local and a cluster recipe must exit 0. tests/unit/test_layout.py checks the same with the stack blocked.
+# of a local and a cluster recipe must exit 0, the hub model checked and pinned against tests/hub_standin.py on
+# loopback. tests/unit/test_layout.py checks the same with the stack blocked.
 #   bash .ci/light_install.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,13 @@ python3 -m venv "$venv"
 if "$venv/bin/python" -c 'import torch' 2>/dev/null; then echo "light install pulled torch" >&2; exit 1; fi
 runs="$(dirname "$venv")/runs"
 "$venv/bin/launch" lora tiny-starcoder --dry-run --runs-dir "$runs" >/dev/null
-"$venv/bin/launch" qlora starcoder15b -N 2 -p gpu --dry-run --runs-dir "$runs" >/dev/null
+# a hub model is checked on the hub at launch: here against the stand-in on loopback, serving the catalog's stubs
+url_file="$(dirname "$venv")/hub.url"
+python3 tests/hub_standin.py >"$url_file" & hub_pid=$!
+trap 'kill "$hub_pid" 2>/dev/null; rm -rf "$(dirname "$venv")"' EXIT
+for _ in $(seq 50); do [ -s "$url_file" ] && break; sleep 0.1; done
+HF_ENDPOINT="$(cat "$url_file")" HF_HUB_OFFLINE=0 HF_HOME="$(dirname "$venv")/hf" \
+  "$venv/bin/launch" qlora starcoder15b -N 2 -p gpu --dry-run --runs-dir "$runs" 2>/dev/null | grep -Eq "bigcode/starcoder @ [0-9a-f]{40} "
 # running the stages here needs the training stack: one line, exit 2, nothing written
 rc=0; err="$("$venv/bin/launch" lora tiny-starcoder --local --runs-dir "$runs" 2>&1)" || rc=$?
 if [ "$rc" -ne 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || [ -e "$runs" ]; then

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from jobs.common.build_once import build_once
+from jobs.common.hub import model_directory
 from jobs.spec.context import RankContext
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir
 from jobs.spec.schema import Recipe
@@ -25,9 +26,14 @@ WAIT_FOR_BASE_S = 600
 
 
 def tokenizer_source(recipe: Recipe) -> tuple[str, str | None]:
-    """Where the recipe's tokenizer comes from: (directory or hub id, revision)."""
+    """Where the recipe's tokenizer comes from: (directory or hub id, revision). A pretrained model's own tokenizer
+    is read from its snapshot, which the prepare stage fetched."""
     source = recipe.model.tokenizer or recipe.model.name_or_path
-    return source, recipe.model.revision if source == recipe.model.name_or_path else None
+    if source != recipe.model.name_or_path:
+        return source, None
+    if recipe.model.init == "pretrained":
+        return str(model_directory(source, recipe.model.revision)), None
+    return source, recipe.model.revision
 
 
 def load_tokenizer(recipe: Recipe) -> Any:
@@ -48,9 +54,10 @@ def attention_implementation(requested: str) -> str:
 
 
 def base_model_path(recipe: Recipe, context: RankContext, tokenizer: Any) -> str:
-    """Where from_pretrained reads the base: the hub id / local path, or <run>/base for a random init."""
+    """Where from_pretrained reads the base: the local directory or the hub snapshot the prepare stage fetched, or
+    <run>/base for a random init."""
     if recipe.model.init == "pretrained":
-        return recipe.model.name_or_path
+        return str(model_directory(recipe.model.name_or_path, recipe.model.revision))
     base = RunDir(context.run_dir).base
     build_once(base, context, lambda: _materialize_random_base(recipe, tokenizer, base), WAIT_FOR_BASE_S,
                "the random-init base")
@@ -89,8 +96,6 @@ def load_model(recipe: Recipe, path: str, context: RankContext) -> PreTrainedMod
         "attn_implementation": attention_implementation(recipe.model.attn_implementation),
         "trust_remote_code": recipe.model.trust_remote_code,
     }
-    if path == recipe.model.name_or_path:
-        kwargs["revision"] = recipe.model.revision
     quant = quantization_config(recipe)
     if quant is not None:
         kwargs["quantization_config"] = quant

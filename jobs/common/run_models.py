@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.common.hub import model_directory
 from jobs.spec.context import RankContext
 from jobs.spec.errors import UserError
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir
 from jobs.spec.schema import Recipe
 
 MODELS = ("merged", "adapter", "base")
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]  # what a hub snapshot fetches
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,6 @@ def base_weights(run: RunDir, recipe: Recipe) -> Path:
             raise UserError(f"run {run.name}: the random-init base {base} is missing (the train stage writes it)")
         return base
     return model_directory(recipe.model.name_or_path, recipe.model.revision)
-
-
-def model_directory(name_or_path: str, revision: str | None) -> Path:
-    """A local model directory as it is, or the hub snapshot (weights, configs, tokenizer) of a hub id."""
-    local = Path(name_or_path)
-    if local.is_dir():
-        return local
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=HUB_PATTERNS))
 
 
 def load_run_model(run: RunDir, recipe: Recipe, which: str, context: RankContext,

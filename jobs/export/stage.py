@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.common.run_models import base_weights, model_directory
+from jobs.common.hub import model_directory
+from jobs.common.run_models import base_weights
 from jobs.spec.context import RankContext
 from jobs.spec.errors import UserError
 from jobs.spec.plan import Plan

@@ -1,4 +1,5 @@
-"""The prepare stage: tokenize + FIM + pack once into an Arrow cache that every rank and every requeue reuses.
+"""The prepare stage: fetch a hub model's weights once (jobs.common.hub), then tokenize + FIM + pack once into an
+Arrow cache that every rank and every requeue reuses. It is the only stage that contacts the hub.
 
 The cache lives in <runs root>/cache/prepared/<key>/, keyed by a hash of the source content, the tokenizer, the
 data settings (format, fields, template, sequence length, packing, FIM) and the seed — so a full fine-tune and a
@@ -33,6 +34,7 @@ from datasets import Dataset, DatasetDict, disable_progress_bars, load_from_disk
 from datasets.table import InMemoryTable
 
 from jobs.common.build_once import build_once
+from jobs.common.hub import fetch_snapshot, is_hub_id
 from jobs.common.model import load_tokenizer
 from jobs.prepare.data import SourceReport, load_rows, shape_row, split_documents
 from jobs.prepare.fim import FimTransform, fim_tokens
@@ -79,6 +81,8 @@ def prepare(recipe: Recipe, plan: Plan, context: RankContext) -> Path:
     tracker.start()
     status = "FAILED"
     try:
+        if recipe.model.init == "pretrained" and is_hub_id(recipe.model.name_or_path):
+            fetch_snapshot(recipe.model.name_or_path, recipe.model.revision)  # once, for every later stage
         prepared = ensure_prepared(recipe, context)
         tracker.set_data(prepared.name)
         tracker.log_data_report(read_report(prepared))

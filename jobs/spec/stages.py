@@ -16,10 +16,11 @@ class StageSpec:
     name: str
     needs_gpu: bool  # SLURM grants it GPUs (train: the recipe's; eval: a GPU per rank); else CPU only
     tracked: bool  # it has an MLflow child run under the run's parent
+    online: bool = False  # it may contact the hub; every other stage runs with HF_HUB_OFFLINE=1
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("prepare", needs_gpu=False, tracked=True),  # tokenize, FIM, pack: once, shared by every rank
+    StageSpec("prepare", needs_gpu=False, tracked=True, online=True),  # fetch weights; tokenize, FIM, pack: once
     StageSpec("train", needs_gpu=True, tracked=True),
     StageSpec("export", needs_gpu=False, tracked=True),  # streaming merge and copies: CPU and disk
     StageSpec("eval", needs_gpu=True, tracked=True),

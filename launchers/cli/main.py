@@ -219,6 +219,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from jobs.spec.rundir import RunDir, check_name, runs_root, timestamp, tracking_uri
     from jobs.spec.stages import STAGE_NAMES, parse_stages
     from launchers.recipe.checks import check_files
+    from launchers.recipe.hub import pin_hub_model
     from launchers.recipe.load import resolve
     from launchers.recipe.plan import make_plan
     from launchers.submit.chain import chain_jobs
@@ -236,6 +237,8 @@ def cmd_run(argv: Sequence[str]) -> int:
               "(pass credentials through the environment, e.g. HF_TOKEN)", file=sys.stderr)
     check_setup_lines(args.setup)
     check_files(resolved)
+    resolved = pin_hub_model(resolved)
+    recipe = resolved.recipe
     plan = make_plan(resolved)
     root = runs_root(args.runs_dir)
     experiment = check_name(args.experiment or recipe.model_name, "--experiment")
@@ -308,6 +311,7 @@ def plan_summary(recipe: Any, plan: Any, run: Any, executor: str, uri: str, stag
 
     lines = [
         f"recipe:      {recipe.name} ({recipe.method.kind}, {recipe.distributed.backend})",
+        f"model:       {model_summary(recipe.model)}",
         f"run:         {run.path}",
         f"executor:    {executor}: {plan.nodes} node(s) × {plan.ranks_per_node} rank(s) = world size {plan.world_size}",
         f"stages:      {' → '.join(stages)}",
@@ -319,6 +323,16 @@ def plan_summary(recipe: Any, plan: Any, run: Any, executor: str, uri: str, stag
         f"tracking:    {public_uri(uri)}",
     ]
     return "\n".join(lines)
+
+
+def model_summary(model: Any) -> str:
+    from jobs.common.hub import is_hub_id
+
+    if model.init == "random":
+        return f"random init from {model.config}"
+    if is_hub_id(model.name_or_path):
+        return f"{model.name_or_path} @ {model.revision} (the prepare stage fetches it; later stages run offline)"
+    return model.name_or_path
 
 
 def warn_on_lora_targets(resolved: Any) -> None:

@@ -76,7 +76,8 @@ def cmd_export(argv: Sequence[str]) -> int:
         raise UserError("flags --base and --adapter-only: an adapter alone is not merged into any base")
     if recipe.export.base is not None:  # checked here too, before anything is submitted (reads shard headers only)
         from jobs.common.hf_files import check_transfer
-        from jobs.common.run_models import base_weights, model_directory
+        from jobs.common.hub import model_directory
+        from jobs.common.run_models import base_weights
 
         try:
             check_transfer(base_weights(run, recipe), model_directory(recipe.export.base, None))

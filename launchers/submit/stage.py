@@ -2,8 +2,9 @@
 
 It turns submitit's environment into torch.distributed variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 derived from the job id; every GPU of the node left visible, rank r on cuda:LOCAL_RANK) and a
-`jobs.spec.context.RankContext`, records the attempt in <run>/attempts.jsonl (rank 0), then calls the job. The job
-module is imported here, on the node, so the launcher never imports torch.
+`jobs.spec.context.RankContext`, records the attempt in <run>/attempts.jsonl (rank 0), takes every stage but
+prepare offline (HF_HUB_OFFLINE=1: the prepare stage fetched the weights), then calls the job. The job module is
+imported here, on the node, so the launcher never imports torch.
 
 Preemption and time limits: a Stage is submitit-checkpointable. On SLURM's warning signal rank 0 requeues the same
 stage, which resumes from the newest complete checkpoint in the run directory (the train stage does not save on
@@ -21,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.common.hub import work_offline
 from jobs.spec.context import RankContext
 from jobs.spec.plan import Plan
 from jobs.spec.rundir import RunDir
 from jobs.spec.schema import Recipe
+from jobs.spec.stages import BY_NAME
 
 StageJob = Callable[[Recipe, Plan, RankContext], Any]
 MASTER_PORTS = (20000, 60000)  # the rendezvous port is drawn from here, seeded by the job id
@@ -112,6 +115,8 @@ class Stage:
         print(f"[{self.name}] rank {env.rank}/{env.world_size} on node {node} (job {job.job_id})", flush=True)
         if context.is_main:
             RunDir(context.run_dir).record_attempt(self.name, str(job.job_id), node)
+        if not BY_NAME[self.name].online:
+            work_offline()  # the prepare stage fetched what the run needs into the shared cache
         result = job_of(self.name)(self.recipe, self.plan, context)
         leave_process_group()
         # The work is done: a time-limit warning arriving now (a job that ends in its last minutes) must neither

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.common.hub import model_directory
 from jobs.common.run_models import RunModel
 from jobs.eval.generation import GenerationSettings, engine_name
 from jobs.eval.vllm_engine import PROJECT_ROOT, child_environment, engine_options, sampling_options, unsupported
@@ -71,9 +72,9 @@ def test_what_vllm_cannot_serve_as_trained_is_named(tmp_path: Path) -> None:
 def test_engine_options_follow_the_model_chosen(tmp_path: Path) -> None:
     recipe = resolve("qlora", "starcoder15b", ["eval.vllm_gpu_memory_utilization=0.7"]).recipe
     merged = engine_options(RunModel(tmp_path / "model", None, False, "merged"), recipe)
-    assert merged == {"model": str(tmp_path / "model"), "tokenizer": "bigcode/starcoder", "dtype": "bfloat16",
-                      "seed": recipe.training.seed, "trust_remote_code": False, "gpu_memory_utilization": 0.7,
-                      **({"tokenizer_revision": recipe.model.revision} if recipe.model.revision else {})}
+    snapshot = model_directory("bigcode/starcoder", recipe.model.revision)  # the tokenizer the prepare stage fetched
+    assert merged == {"model": str(tmp_path / "model"), "tokenizer": str(snapshot), "dtype": "bfloat16",
+                      "seed": recipe.training.seed, "trust_remote_code": False, "gpu_memory_utilization": 0.7}
     attached = engine_options(RunModel(tmp_path / "base", adapter(tmp_path, 32), True, "qlora"), recipe)
     assert attached["quantization"] == "bitsandbytes"
     assert (attached["enable_lora"], attached["max_loras"], attached["max_lora_rank"]) == (True, 1, 32)

@@ -54,20 +54,25 @@ def expected_adapter_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     keeps the full shape in `ds_shape`)."""
     shapes = {}
     for name, param in model.named_parameters():
-        if param.requires_grad and "lora_" in name:
+        if param.requires_grad and is_lora_weight(name):
             saved = re.sub(r"\.(default)\.", ".", name)  # PEFT drops the adapter name when saving
             shapes[saved] = tuple(getattr(param, "ds_shape", param.shape))
     return shapes
 
 
+def is_lora_weight(name: str) -> bool:
+    return "lora_" in name
+
+
 def saved_adapter(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """The adapter a checkpoint holds, by PEFT's names: adapter_model.safetensors, or under FSDP's sharded state
-    dict (where the Trainer writes no adapter file) the LoRA weights of its sharded model directory."""
+    dict (where the Trainer writes no adapter file) the LoRA weights of its sharded model directory, read alone:
+    whatever else the shards hold (a QLoRA's 4-bit base, were it saved) stays on disk."""
     from safetensors import safe_open
 
     weights = path / "adapter_model.safetensors"
     if not weights.exists() and (sharded := sharded_model(path)) is not None:
-        return sharded, {key: t for key, t in load_sharded(sharded).items() if "lora_" in key}
+        return sharded, load_sharded(sharded, keep=is_lora_weight)
     if not weights.exists():
         raise RuntimeError(f"adapter check: {weights} was not written")
     with safe_open(str(weights), framework="pt") as handle:

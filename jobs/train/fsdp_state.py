@@ -20,6 +20,7 @@ tokenizer, and `consolidate_checkpoint` turns one into a model or adapter direct
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,19 @@ SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"  # what accelerate's save_fsdp_model 
 SHARDS_STAGING = ".fsdp-shards"
 
 
-def load_sharded(directory: Path) -> dict[str, torch.Tensor]:
-    """The full (unsharded) tensors of a torch.distributed.checkpoint model directory, read in this process alone."""
+def load_sharded(directory: Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The full (unsharded) tensors of a torch.distributed.checkpoint model directory, read in this process alone;
+    with `keep`, only the tensors whose names it keeps are read (the others' bytes are never touched)."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+    reader = FileSystemReader(str(directory))
+    keys = None
+    if keep is not None:
+        keys = {key for key in reader.read_metadata().state_dict_metadata if keep(key.removeprefix("model."))}
     loaded: dict[str, Any] = {}
-    _load_state_dict(loaded, storage_reader=FileSystemReader(str(directory)), planner=_EmptyStateDictLoadPlanner(),
-                     no_dist=True)
+    _load_state_dict(loaded, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
     return loaded.get("model", loaded)
 
 

@@ -71,3 +71,37 @@ def test_load_sharded_returns_full_tensors(tmp_path: Path) -> None:
     write_sharded(tmp_path, tensors)
     loaded = load_sharded(tmp_path / SHARDED_MODEL_DIR)
     assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_verification_reads_the_adapter_alone_whatever_else_the_shards_hold(tmp_path: Path) -> None:
+    """A checkpoint holding a 256 MiB base beside its adapter: the LoRA weights come back, the base is never read
+    (the memory of a fresh process that read it grows by far less than the base)."""
+    import subprocess
+    import sys
+
+    from jobs.train.checkpoints import saved_adapter
+
+    base = {"base_model.model.model.layers.0.mlp.weight": torch.ones(64, 1024, 1024)}  # 256 MiB of float32
+    write_sharded(tmp_path, {**base, **lora_tensors()})
+    _, saved = saved_adapter(tmp_path)
+    assert saved.keys() == lora_tensors().keys()
+
+    child = f"""
+import sys
+from pathlib import Path
+from jobs.train.fsdp_state import SHARDED_MODEL_DIR, load_sharded
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+before = rss_mib()
+loaded = load_sharded(Path({str(tmp_path / SHARDED_MODEL_DIR)!r}),
+                      keep=(lambda name: "lora_" in name) if sys.argv[1] == "lora" else None)
+print(len(loaded), rss_mib() - before)  # the loaded tensors are still alive
+"""
+    grown = {}
+    for which in ("lora", "all"):
+        done = subprocess.run([sys.executable, "-c", child, which], capture_output=True, text=True, timeout=120,
+                              check=True)
+        count, grown[which] = map(int, done.stdout.split())
+        assert count == (2 if which == "lora" else 3)
+    # (the reader's own imports are ~50 MiB of either figure)
+    assert grown["lora"] < 100 and grown["all"] - grown["lora"] > 200, f"resident growth in MiB: {grown}"

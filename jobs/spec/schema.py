@@ -159,6 +159,9 @@ class TrainingSpec(Section):
     seed: NonNegativeInt = 42
     logging_steps: PositiveInt = 10
     save_steps: PositiveInt = 500
+    save_every_minutes: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="also save a checkpoint after this much training wall time (bounds what a preemption costs)"
+    )
     eval_steps: PositiveInt | None = None
     save_total_limit: PositiveInt | None = 2
 

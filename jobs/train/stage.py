@@ -40,6 +40,7 @@ from jobs.track.tracker import Tracker
 from jobs.train.checkpoints import CompleteCheckpoints, expected_adapter_shapes, latest_complete, remove_incomplete
 from jobs.train.flops import flops_per_token, mfu, peak_flops
 from jobs.train.fsdp_state import save_final_model
+from jobs.train.save_policy import RunTrainer, TimedSaves
 
 # accelerate's DistributedType names that each back end may run as
 EXPECTED_DISTRIBUTED = {
@@ -208,7 +209,7 @@ def build_trainer(recipe: Recipe, plan: Plan, context: RankContext, tracker: Tra
         tracker.log_metrics(data_metrics(read_report(prepared)), step=0)
     tokenizer = load_tokenizer(recipe)
     args, model = load_for_training(recipe, plan, context, tokenizer)
-    trainer = SFTTrainer(
+    trainer = RunTrainer(
         model=model,
         args=args,
         train_dataset=datasets["train"],
@@ -221,6 +222,8 @@ def build_trainer(recipe: Recipe, plan: Plan, context: RankContext, tracker: Tra
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints one readable line instead
     expected = expected_adapter_shapes(trainer.model) if recipe.method.lora else None
     trainer.add_callback(CompleteCheckpoints(expected))
+    if recipe.training.save_every_minutes is not None:
+        trainer.add_callback(TimedSaves(recipe.training.save_every_minutes))
     _check_distributed(trainer, recipe, plan)
     if context.is_main:
         version = f" (FSDP{plan.fsdp_version})" if plan.fsdp_version else ""

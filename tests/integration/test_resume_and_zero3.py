@@ -3,8 +3,9 @@
 - A run killed with SIGKILL in the middle of a checkpoint save and continued by `launch resume` reproduces an
   uninterrupted run: the same loss at every step (1e-4) and the same final weights. It resumes from the newest
   *complete* checkpoint; a half-written one is removed.
-- DeepSpeed ZeRO-3 full fine-tune on 2 ranks: the weights it saves equal DeepSpeed's zero_to_fp32 consolidation
-  of the same checkpoint.
+- DeepSpeed ZeRO-3 full fine-tune on 2 ranks, saving by wall time too: checkpoints hold DeepSpeed's shards without
+  a 16-bit gather, the final model is gathered once and equals DeepSpeed's zero_to_fp32 consolidation of the last
+  checkpoint, and the export consolidates a checkpoint into the same tensors.
 - DeepSpeed ZeRO-3 LoRA on 2 ranks: the saved adapter holds every LoRA weight at full shape, trained (lora_B not
   zero), and reloads offline.
 
@@ -93,12 +94,19 @@ def test_killed_mid_save_then_resumed_matches_an_uninterrupted_run(tmp_path: Pat
 
 
 def test_zero3_full_fine_tune_saves_what_zero_to_fp32_consolidates(tmp_path: Path) -> None:
+    # Saved by wall time too (every step: the interval is 6 ms), at the same step on both ranks, or ZeRO-3's
+    # collective save would hang.
     result = launch("full-ft", "tiny-starcoder", "--local", "--nproc", "2", "--stages", "train",
                     "--name", "z3", "distributed.backend=deepspeed-zero3", "training.max_steps=10",
-                    "training.save_steps=10", cwd=tmp_path)
+                    "training.save_steps=10", "training.save_every_minutes=0.0001", cwd=tmp_path)
     assert_ok(result)
     assert "2 rank(s), DEEPSPEED" in result.stdout
     run = tmp_path / "runs" / "tiny-starcoder" / "z3"
+    checkpoints = sorted((run / "checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-10", "checkpoint-9"]  # save_total_limit: 2
+    for checkpoint in checkpoints:  # DeepSpeed's shards, the config: no 16-bit gather
+        assert (checkpoint / ".complete").exists() and (checkpoint / "config.json").exists()
+        assert not list(checkpoint.glob("*.safetensors")), f"{checkpoint.name} holds a gathered 16-bit model"
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     consolidated = get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints" / "checkpoint-10"))
@@ -117,8 +125,7 @@ def exports_consolidate_the_shards_as_zero_to_fp32_does(tmp_path: Path, run: Pat
     import shutil
 
     shutil.move(run / "final", run / "final-gathered")
-    shutil.copytree(run / "checkpoints" / "checkpoint-10", run / "final",
-                    ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    shutil.copytree(run / "checkpoints" / "checkpoint-10", run / "final")
     from jobs.export.stage import export_run
     from jobs.spec.rundir import RunDir
     from launchers.recipe.load import resolve_saved

@@ -237,7 +237,7 @@ def cmd_run(argv: Sequence[str]) -> int:
               "(pass credentials through the environment, e.g. HF_TOKEN)", file=sys.stderr)
     check_setup_lines(args.setup)
     check_files(resolved)
-    resolved = pin_hub_model(resolved)
+    resolved = pin_hub_model(resolved, args.dry_run)
     recipe = resolved.recipe
     plan = make_plan(resolved)
     root = runs_root(args.runs_dir)

@@ -25,18 +25,29 @@ HUB_TIMEOUT_S = 30
 TOKEN_HINT = "set HF_TOKEN (or run `hf auth login`) where you launch and where the prepare stage runs"
 
 
-def pin_hub_model(resolved: Resolved) -> Resolved:
-    """`resolved` with model.revision pinned to the commit it names, after checking the model can be fetched."""
+class Unchecked(UserError):
+    """The hub could not be asked (unreachable, or offline without the model cached): not the recipe's fault."""
+
+
+def pin_hub_model(resolved: Resolved, dry_run: bool = False) -> Resolved:
+    """`resolved` with model.revision pinned to the commit it names, after checking the model can be fetched. A
+    dry run goes on, with a warning, where the hub cannot be asked; a submission stops."""
     model = resolved.recipe.model
     if model.init != "pretrained" or not is_hub_id(model.name_or_path):
         return resolved
     from huggingface_hub import constants
 
     where = resolved.where("model", "name_or_path")
-    if constants.HF_HUB_OFFLINE:
-        commit = _cached_commit(model.name_or_path, model.revision, where)
-    else:
-        commit = _hub_commit(model.name_or_path, model.revision, where, resolved.where("model", "revision"))
+    try:
+        if constants.HF_HUB_OFFLINE:
+            commit = _cached_commit(model.name_or_path, model.revision, where)
+        else:
+            commit = _hub_commit(model.name_or_path, model.revision, where, resolved.where("model", "revision"))
+    except Unchecked as err:
+        if not dry_run:
+            raise
+        print(f"warning: {err} (--dry-run goes on; a submission stops here)", file=sys.stderr)
+        return resolved
     if model.tokenizer and is_hub_id(model.tokenizer) and not constants.HF_HUB_OFFLINE:
         tokenizer_where = resolved.where("model", "tokenizer")
         _hub_commit(model.tokenizer, None, tokenizer_where, tokenizer_where, weights=False)
@@ -68,7 +79,7 @@ def _hub_commit(repo: str, revision: str | None, where: str, revision_where: str
                         "is reachable and launch with HF_HUB_OFFLINE=1") from None
     except Exception as err:  # refused, no route, timed out: huggingface_hub lets its HTTP client's errors through
         if type(err).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
-            raise UserError(f"{where}: cannot reach the hub to check {repo} ({type(err).__name__}): launch where it "
+            raise Unchecked(f"{where}: cannot reach the hub to check {repo} ({type(err).__name__}): launch where it "
                             "is reachable, or fetch the model first and launch with HF_HUB_OFFLINE=1") from None
         raise
     files = [sibling.rfilename for sibling in info.siblings or []]
@@ -89,7 +100,7 @@ def _cached_commit(repo: str, revision: str | None, where: str) -> str:
     try:
         snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_PATTERNS))
     except LocalEntryNotFoundError:
-        raise UserError(f"{where}: {repo}@{revision} is not in the hub cache {constants.HF_HUB_CACHE} and "
+        raise Unchecked(f"{where}: {repo}@{revision} is not in the hub cache {constants.HF_HUB_CACHE} and "
                         "HF_HUB_OFFLINE=1 is set: unset it to let the prepare stage fetch the model, or fetch it "
                         f"first (hf download {repo} --revision {revision})") from None
     if not any(snapshot.glob("*.safetensors")):

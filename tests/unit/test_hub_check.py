@@ -1,6 +1,7 @@
 """The launch-time hub check against a real HTTP stand-in on loopback: a missing, gated or unreadable model, a
 revision that does not exist, a hub that cannot be reached, each exit 2 in one line with nothing written; a
-readable model's revision is pinned to its commit. Offline (HF_HUB_OFFLINE=1) the cache decides."""
+readable model's revision is pinned to its commit. Offline (HF_HUB_OFFLINE=1) the cache decides. Where the hub
+cannot be asked, a dry run warns and goes on."""
 
 from __future__ import annotations
 
@@ -80,16 +81,27 @@ def test_a_revision_that_does_not_exist(hub: HubStandIn, launch: Callable[..., C
     assert "override model.revision=v9: model.revision: org/tiny has no revision 'v9'" in line
 
 
+def submit(launch: Callable[..., CliResult], repo: str) -> CliResult:
+    return launch(*PRETRAINED, f"model.name_or_path={repo}", "-p", "gpu")
+
+
 def test_a_hub_that_cannot_be_reached(hub: HubStandIn, launch: Callable[..., CliResult],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A submission stops; a dry run says the model is not checked and goes on."""
     monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")  # discard: nothing listens
-    line = assert_one_error_line(run(launch, "org/tiny"))
+    line = assert_one_error_line(submit(launch, "org/tiny"))
     assert "cannot reach the hub to check org/tiny" in line and "HF_HUB_OFFLINE=1" in line
+    assert not (tmp_path / "runs").exists()
+    dry = run(launch, "org/tiny")
+    assert dry.code == 0 and "cannot reach the hub" in dry.err
+    assert "(--dry-run goes on; a submission stops here)" in dry.err
+    assert "model:       org/tiny @ main (" in dry.out  # not pinned
 
 
 def test_offline_the_cache_decides(launch: Callable[..., CliResult], hub_cache: Path) -> None:
-    line = assert_one_error_line(run(launch, "org/tiny"))
+    line = assert_one_error_line(submit(launch, "org/tiny"))
     assert "org/tiny@main is not in the hub cache" in line and "HF_HUB_OFFLINE=1 is set" in line
+    assert run(launch, "org/tiny").code == 0
     result = launch("qlora", "starcoder15b", "--dry-run")
     cached = (hub_cache / "models--bigcode--starcoder" / "refs" / "main").read_text()
     assert result.code == 0 and f"bigcode/starcoder @ {cached}" in result.out

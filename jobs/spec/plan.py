@@ -26,6 +26,7 @@ class Plan:
     fsdp_version: int | None = None  # backend fsdp: 1 or 2, as the Trainer's FSDP plugin must report it
     accelerate: dict[str, Any] = field(default_factory=dict)
     deepspeed: dict[str, Any] | None = None
+    estimate: dict[str, Any] | None = None  # the planner's figures (launchers/planner: memory, disk, time)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,23 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Dense bf16 tensor-core peak per device (vendor datasheets), first substring match of torch's device name wins.
-PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("A6000", 155e12),
-    ("A40", 150e12),
-    ("A10", 125e12),
-    ("L4", 121e12),
-    ("V100", 125e12),  # no bf16: its fp16 tensor-core peak
-)
-
+from jobs.spec.gpus import gpu_of_device
 
 def matmul_parameters(model: Any) -> int:
     """Weights of every nn.Linear of `model`, from in_features × out_features: right for 4-bit layers (packed
@@ -54,9 +38,9 @@ def flops_per_token(model: Any, seq_length: int) -> float:
 
 
 def peak_flops(device_name: str | None) -> float | None:
-    if not device_name:
-        return None
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
+    """The device's dense bf16 peak from the GPU catalog (jobs.spec.gpus), None for CPU or a device not listed."""
+    gpu = gpu_of_device(device_name)
+    return gpu.peak_flops if gpu is not None else None
 
 
 def mfu(tokens_per_s_per_device: float, per_token: float, peak: float) -> float:

@@ -31,6 +31,7 @@ from launchers.cli.base import Parser
 # subcommand → "module:function", imported only when that subcommand runs (--help and --dry-run stay fast)
 COMMANDS = {
     "recipes": "launchers.cli.main:cmd_recipes", "show": "launchers.cli.main:cmd_show",
+    "plan": "launchers.cli.plan:cmd_plan",
     "status": "launchers.cli.runs:cmd_status", "logs": "launchers.cli.runs:cmd_logs",
     "cancel": "launchers.cli.runs:cmd_cancel", "resume": "launchers.cli.runs:cmd_resume",
     "sync": "launchers.cli.runs:cmd_sync", "compare": "launchers.cli.runs:cmd_compare",
@@ -46,6 +47,8 @@ usage:
   {RUN_USAGE}
   launch recipes                              list models × methods and the GPUs they need
   launch show METHOD MODEL [key.path=value]   print the resolved recipe as YAML
+  launch plan METHOD MODEL [-N N[,N...]] [--gpus-per-node G] [--gpu TYPE|cpu] [--price P] [--format json]
+                                              memory per GPU and node, disk, time, GPU-hours; fits or not
   launch status [RUN|JOBID]                   stages, SLURM state, nodes, elapsed, restarts, last metrics
   launch logs RUN [--stage S] [--rank R] [-f] a stage's log (default: train, rank 0)
   launch cancel RUN                           cancel every unfinished stage of a run
@@ -85,6 +88,8 @@ def run_parser() -> Parser:
     where.add_argument("--debug", action="store_true",
                        help="run every stage in this process, one rank (submitit DebugExecutor: pdb works)")
     where.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch script; submit nothing")
+    where.add_argument("--force", action="store_true",
+                       help="submit even where the planner says the run does not fit (launch plan)")
 
     runs = parser.add_argument_group("the run")
     runs.add_argument("--name", help="run name (default: MODEL-METHOD-YYYYmmdd-HHMMSS)")
@@ -218,6 +223,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     args = run_parser().parse_intermixed_args(argv)
     from jobs.spec.rundir import RunDir, check_name, runs_root, timestamp, tracking_uri
     from jobs.spec.stages import STAGE_NAMES, parse_stages
+    from launchers.cli.plan import planned, refuse_unless_it_fits, with_estimate
     from launchers.recipe.checks import check_files
     from launchers.recipe.hub import pin_hub_model
     from launchers.recipe.load import resolve
@@ -225,6 +231,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from launchers.submit.chain import chain_jobs
     from launchers.submit.request import StartRequest
     from launchers.submit.slurm import render_sbatch
+    from launchers.planner.report import plan_table
     from launchers.submit.start import start
 
     stages = parse_stages(args.stages) if args.stages else STAGE_NAMES
@@ -239,7 +246,8 @@ def cmd_run(argv: Sequence[str]) -> int:
     check_files(resolved)
     resolved = pin_hub_model(resolved, args.dry_run)
     recipe = resolved.recipe
-    plan = make_plan(resolved)
+    estimate = planned(resolved, on_cpu=False)
+    plan = with_estimate(make_plan(resolved), estimate)
     root = runs_root(args.runs_dir)
     experiment = check_name(args.experiment or recipe.model_name, "--experiment")
     name = check_name(args.name or f"{recipe.model_name}-{recipe.method_name}-{timestamp()}", "--name")
@@ -251,6 +259,9 @@ def cmd_run(argv: Sequence[str]) -> int:
 
     if args.dry_run:
         print(plan_summary(recipe, plan, run, executor, tracking_uri(root), stages))
+        if estimate is not None:
+            print("\n" + plan_table(estimate))
+        refuse_unless_it_fits(estimate, resolved, args.force)
         if executor == "slurm":
             python = request.container.python(root)
             previous = None
@@ -272,6 +283,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     if executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("sbatch not found: this machine is not a SLURM login node (use --local to run here, "
                         "or --dry-run to see the job)")
+    refuse_unless_it_fits(estimate, resolved, args.force)
     warn_on_lora_targets(resolved)
     run.create()
     run.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")

@@ -90,7 +90,7 @@ def test_launch_without_the_training_stack(tmp_path: Path) -> None:
 import contextlib, io, json
 from launchers.cli.main import main
 from launchers.recipe.load import list_methods, list_models
-commands = [["--help"], ["recipes"], ["show", "qlora", "starcoder15b"]]
+commands = [["--help"], ["recipes"], ["show", "qlora", "starcoder15b"], ["plan", "full-ft", "starcoder15b", "-N", "1,2"]]
 commands += [[method, model, "--dry-run"] for model in list_models() for method in list_methods(model)]
 results = []
 for argv in commands:

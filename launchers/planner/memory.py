@@ -1,0 +1,162 @@
+"""Memory per GPU (or CPU rank) while training, by component, and CPU memory per node at load, checkpoint save and
+the final save. Bytes throughout; docs/planning.md gives each formula's reasoning and sources.
+
+    gpu = gpu_memory(setup)        # GpuMemory: model_states (params, grads, optimizer), activations, buffers
+    cpu = cpu_memory(setup)        # CpuMemory per node: load, checkpoint, final_save
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from launchers.planner.setup import GiB, Setup
+
+QUANT_BLOCK = 64  # bitsandbytes' NF4/FP4 block: one absmax per 64 weights
+DOUBLE_QUANT_BLOCK = 256  # double quantization: absmaxes quantized to 8 bits, one fp32 scale per 256 of them
+CUDA_CONTEXT = int(0.6 * GiB)  # the CUDA context with cuBLAS/cuDNN handles: outside torch's allocator
+NCCL_BUFFERS = int(0.5 * GiB)  # communicator buffers when ranks talk (NCCL_BUFFSIZE 4 MiB × channels × peers)
+FRAGMENTATION = 0.10  # torch's caching allocator: reserved above allocated (an assumption the GPU script checks)
+HOST_RUNTIME_GPU = 3 * GiB  # CPU memory of a GPU rank's process: Python, torch, CUDA libraries, the stack
+HOST_RUNTIME_CPU = int(0.6 * GiB)  # ... of a CPU rank's (measured here: 570 MiB after the training imports)
+SAVE_SHARD = 5 * 10**9  # save_pretrained writes shards of at most 5 GB, one at a time
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    parameters: int
+    gradients: int
+    optimizer: int
+    activations: int
+    buffers: int  # CUDA context, communication buffers, transient gathers/dequantization, fragmentation
+
+    @property
+    def model_states(self) -> int:
+        return self.parameters + self.gradients + self.optimizer
+
+    @property
+    def total(self) -> int:
+        return self.model_states + self.activations + self.buffers
+
+    def components(self) -> dict[str, int]:
+        return {"parameters": self.parameters, "gradients": self.gradients, "optimizer states": self.optimizer,
+                "activations": self.activations, "buffers": self.buffers}
+
+
+@dataclass(frozen=True)
+class CpuMemory:
+    load: int
+    checkpoint: int
+    final_save: int
+
+
+def zero3_model_states(total: int, largest: int, gpus_per_node: int, nodes: int, offload_optimizer: bool,
+                       offload_params: bool, zero_init: bool = True, buffer_factor: float = 1.5) -> tuple[int, int]:
+    """(CPU bytes per node, GPU bytes per GPU) of ZeRO-3's model states, as DeepSpeed's own estimator counts them
+    (deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs: 18 bytes per parameter sharded over every
+    GPU — bf16 weight, fp32 gradient, fp32 master weight and Adam's two moments — plus 4 bytes per parameter of the
+    largest layer, gathered whole)."""
+    gpus = nodes * gpus_per_node
+    largest_layer = 4 * largest
+    if offload_optimizer:
+        on_cpu = 18 if offload_params else 16  # bytes per parameter kept on the CPU
+        gpu = largest_layer + (0 if offload_params else int(2 * total / gpus))
+        per_parameter = on_cpu / nodes if zero_init else max(4 * gpus_per_node, on_cpu / nodes)
+        cpu = total * per_parameter * buffer_factor
+    else:
+        gpu = largest_layer + int(18 * total / gpus)
+        cpu = largest * 4 * gpus_per_node * buffer_factor if zero_init else total * 4 * gpus_per_node * buffer_factor
+    return int(cpu), int(gpu)
+
+
+def quantized_base(setup: Setup) -> int:
+    """A QLoRA base in bytes: the layers' linear weights in 4 bits with their block scales, the rest 16-bit."""
+    linear = setup.shape.linear_parameters
+    blocks = math.ceil(linear / QUANT_BLOCK)
+    scales = blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK) if setup.double_quant else 4 * blocks
+    return linear // 2 + scales + (setup.shape.parameters - linear) * setup.weight_bytes
+
+
+def gpu_memory(setup: Setup) -> GpuMemory:
+    shape, world, e = setup.shape, setup.world, setup.weight_bytes
+    shards = world if setup.sharded else 1
+    transient = 0  # what is gathered or dequantized for one layer at a time
+    if setup.kind == "full" and setup.backend == "deepspeed-zero3":
+        _, states = zero3_model_states(shape.parameters, shape.largest_module, setup.ranks_per_node, setup.nodes,
+                                       setup.zero_offload_optimizer, setup.zero_offload_params)
+        # DeepSpeed's total, split: the bf16 partition and the largest layer gathered, the fp32 gradient partition,
+        # the fp32 master weights and Adam's moments (what an offload moves to the CPU is absent)
+        gathered = 4 * shape.largest_module
+        parameters = gathered + (0 if setup.zero_offload_params else 2 * shape.parameters // world)
+        gradients = 0 if setup.zero_offload_optimizer else 4 * shape.parameters // world
+        optimizer = states - parameters - gradients
+    elif setup.kind == "full":
+        parameters = gradients = shape.parameters * e // shards
+        optimizer = int(shape.parameters * setup.optimizer_bytes(e)) // shards
+        if setup.backend == "ddp" and world > 1:
+            gradients += shape.parameters * e  # DDP's gradient buckets: a second copy of every gradient
+        if setup.backend == "fsdp" and world > 1:
+            transient = 3 * shape.layer_parameters * e  # a layer's weights gathered, the next prefetched, its grads
+    else:  # LoRA or QLoRA: a frozen base, an fp32 adapter with its gradients and optimizer states
+        base = quantized_base(setup) if setup.kind == "qlora" else shape.parameters * e
+        adapter = setup.lora_parameters
+        parameters = base // shards + 4 * adapter // shards
+        gradients = 4 * adapter // shards
+        optimizer = int(adapter * setup.optimizer_bytes(4)) // shards
+        if setup.backend == "deepspeed-zero3" and world > 1:
+            optimizer += 4 * adapter // shards  # DeepSpeed's fp32 master copy of the trainable weights
+            transient = 4 * shape.largest_module
+        elif setup.sharded:
+            transient = 2 * shape.layer_parameters * e
+        if setup.kind == "qlora":
+            transient += max(linear.inputs * linear.outputs for linear in shape.layer_linears) * 2  # dequantized
+    activations = activation_bytes(setup)
+    fixed = 0 if setup.device is None else CUDA_CONTEXT + (NCCL_BUFFERS if world > 1 else 0)
+    buffers = fixed + transient + int(FRAGMENTATION * (parameters + gradients + optimizer + activations))
+    return GpuMemory(parameters, gradients, optimizer, activations, buffers)
+
+
+def activation_bytes(setup: Setup) -> int:
+    """Activations kept for the backward pass of one micro-batch (Korthikanti et al. 2022, per layer, generalized
+    to multi-query/grouped attention and gated MLPs), plus the output logits and the loss's fp32 copies."""
+    shape, a = setup.shape, setup.activation_bytes
+    tokens = setup.micro_batch * setup.seq_length
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    mlp = (4 if shape.gated_mlp else 2) * shape.intermediate
+    per_token = a * (4 * shape.hidden + 2 * q + 2 * kv + mlp)  # norms' inputs/outputs, q/k/v, attention out, MLP
+    per_token += 2 * shape.hidden if shape.residual_dropout > 0 else 0  # dropout masks, a byte each
+    if setup.eager_attention:  # the attention probabilities (and their dropout mask) are stored: quadratic
+        per_token += shape.heads * setup.seq_length * (a + (1 if shape.attention_dropout > 0 else 0))
+    layer = per_token * tokens
+    if setup.checkpointing:  # each layer's input kept; one layer's activations rebuilt at a time in the backward
+        layers = shape.layers * a * shape.hidden * tokens + layer
+    else:
+        layers = shape.layers * layer
+    logits = tokens * shape.vocab * (a + 4 + 4)  # logits, their fp32 copy for the loss, its gradient
+    return layers + logits + 2 * a * shape.hidden * tokens  # + the embeddings' output and the final norm
+
+
+def cpu_memory(setup: Setup) -> CpuMemory:
+    """CPU memory per node (the busiest node: where rank 0 is)."""
+    shape, ranks, world = setup.shape, setup.ranks_per_node, setup.world
+    runtime = ranks * (HOST_RUNTIME_GPU if setup.device is not None else HOST_RUNTIME_CPU)
+    whole16 = shape.parameters * setup.weight_bytes
+    shard = min(whole16, SAVE_SHARD)
+    if setup.device is None:  # CPU ranks: the training itself lives here
+        training = ranks * gpu_memory(setup).total
+        return CpuMemory(runtime + training, runtime + training, runtime + training + whole16)
+    if setup.kind == "qlora" or (setup.backend == "deepspeed-zero3" and world > 1):
+        load = shard  # read shard by shard: into each rank's partition (zero.Init) or quantized on its GPU
+    elif setup.backend == "fsdp" and world > 1:
+        load = whole16  # rank 0 reads the whole model; the others build it empty and receive it
+    else:
+        load = ranks * whole16  # every rank reads the whole model into CPU memory before moving it to its GPU
+    if setup.kind == "full" and setup.backend == "deepspeed-zero3" and world > 1:
+        checkpoint = ranks * 4 * shape.parameters // world  # torch.save copies each rank's flat fp32 partitions
+        final = whole16  # the 16-bit model gathered whole on rank 0, once
+    elif setup.kind == "full":
+        checkpoint = shard  # written tensor by tensor (DCP) or in save_pretrained's shards
+        final = whole16 if setup.sharded else shard  # FSDP: rank 0 reads the shards back whole
+    else:
+        checkpoint = final = 16 * setup.lora_parameters  # the adapter and its optimizer state
+    return CpuMemory(runtime + load, runtime + checkpoint, runtime + final)

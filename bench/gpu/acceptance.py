@@ -10,7 +10,8 @@ Parts, each one line of result (on a machine without CUDA each says it skipped, 
   fsdp-qlora    a QLoRA model's logits before and after FSDP1 wrapping (and FSDP2's fully_shard) on one rank: equal,
                 or the largest difference (bitsandbytes#1945)
   vllm          generation of HumanEval's 164 prompts, vLLM vs transformers (bench/generation_engines.py)
-  planner       the planner's predicted peak memory vs the measured one (when `launch plan` exists)
+  planner       `launch plan`'s planned allocation against torch's measured peak, for each training part's run;
+                the training parts' MFU is appended as the table the planner reads (docs/planning.md)
 
 Every training part runs the real `launch ... --local` chain (prepare, train) in a scratch runs root.
 """
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +48,22 @@ def launch_train(runs: Path, method: str, name: str, *overrides: str) -> dict[st
                "training.gradient_checkpointing=true", *overrides]
     subprocess.run(command, check=True, cwd=ROOT, timeout=900)
     run = runs / "tiny-starcoder" / name
-    metrics = json.loads((run / "last_metrics.json").read_text())
-    return {**metrics, "peak_memory_gb": peak_memory(run)}
+    metrics = {**json.loads((run / "last_metrics.json").read_text())["metrics"], "peak_memory_gb": peak_memory(run)}
+    CASES.append(Case(name, method, tuple(command[command.index("--stages") + 2:]), metrics))
+    return metrics
+
+
+@dataclass(frozen=True)
+class Case:
+    """A training part's run, for the planner part: what was launched and what it measured."""
+
+    name: str
+    method: str
+    overrides: tuple[str, ...]
+    metrics: dict[str, float]
+
+
+CASES: list[Case] = []
 
 
 def peak_memory(run: Path) -> float:
@@ -128,7 +144,39 @@ def vllm(_: Path) -> str:
 
 
 def planner(_: Path) -> str:
-    raise Skip("no planner yet (`launch plan` lands with the planner issue)")
+    """`launch plan` for each training part's run on this GPU: its planned allocation against torch's peak."""
+    import torch
+
+    from jobs.spec.gpus import gpu_of_device
+
+    gpu = gpu_of_device(torch.cuda.get_device_name(0))
+    if gpu is None or not CASES:
+        raise Skip("this GPU is not in the catalog (jobs/spec/gpus.py)" if gpu is None else "no training part ran")
+    rows = []
+    for case in CASES:
+        command = [sys.executable, "-m", "launchers.cli.main", "plan", case.method, "tiny-starcoder", *case.overrides,
+                   "-N", "1", "--gpus-per-node", "1", "--gpu", gpu.key, "--format", "json"]
+        figures = json.loads(subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+        planned = figures["per_gpu_gb"]["allocated"]
+        measured = case.metrics["peak_memory_gb"] * 1e9 / 2**30
+        rows.append(f"{case.name} planned {planned:.1f} vs measured {measured:.1f} GiB ({planned / measured:.2f}×)")
+    return "; ".join(rows)
+
+
+def mfu_table(device: str) -> list[str]:
+    """The training parts' measured MFU as the table the planner reads (launchers/planner/estimate.py)."""
+    from jobs.spec.gpus import gpu_of_device
+
+    gpu = gpu_of_device(device)
+    measured = [case for case in CASES if "train/mfu" in case.metrics and "flash" not in case.name]
+    if gpu is None or not measured:
+        return []
+    rows = ["\n## MFU measured on GPUs (acceptance run, read by `launch plan`)\n",
+            "| GPU | method | checkpointing | MFU | run |", "|---|---|---|---|---|"]
+    kind = {"full-ft": "full", "lora": "lora", "qlora": "qlora"}
+    rows += [f"| {gpu.key} | {kind[case.method]} | gc | {case.metrics['train/mfu']:.3f} | {case.name} |"
+             for case in measured]
+    return rows
 
 
 class Skip(Exception):
@@ -163,6 +211,7 @@ def main() -> int:
 
         lines = [f"\n## GPU acceptance run ({time.strftime('%Y-%m-%d')}, {torch.cuda.get_device_name(0)})\n",
                  "`.venv/bin/python bench/gpu/acceptance.py`\n"] + [f"- **{k}**: {v}" for k, v in results.items()]
+        lines += mfu_table(torch.cuda.get_device_name(0))
         with args.out.open("a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
         print(f"[acceptance] appended to {args.out}")

@@ -246,14 +246,14 @@ def cmd_run(argv: Sequence[str]) -> int:
     check_files(resolved)
     resolved = pin_hub_model(resolved, args.dry_run)
     recipe = resolved.recipe
-    estimate = planned(resolved, on_cpu=False)
+    executor = "debug" if args.debug else "local" if args.local else "slurm"
+    estimate = planned(resolved, on_cpu=False, here=executor != "slurm")
     plan = with_estimate(make_plan(resolved), estimate)
     root = runs_root(args.runs_dir)
     experiment = check_name(args.experiment or recipe.model_name, "--experiment")
     name = check_name(args.name or f"{recipe.model_name}-{recipe.method_name}-{timestamp()}", "--name")
     run = RunDir.new(root, experiment, name)
     run.check_new()
-    executor = "debug" if args.debug else "local" if args.local else "slurm"
     request = StartRequest(run, recipe, plan, executor, stages, slurm_options(args, recipe), container_of(args),
                            args.max_requeues, args.parsable)
 

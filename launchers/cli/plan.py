@@ -78,9 +78,11 @@ def parse_nodes(text: str | None) -> list[int]:
     return counts
 
 
-def planned(resolved: Any, on_cpu: bool, price: float | None = None, required: bool = False) -> Any:
+def planned(resolved: Any, on_cpu: bool, price: float | None = None, required: bool = False,
+            here: bool = False) -> Any:
     """The estimate of a resolved recipe on its device, or None (with a warning) where it cannot be planned and
-    `required` is false: a GPU type the catalog does not list, a model without a local config.json."""
+    `required` is false: a GPU type the catalog does not list, a model without a local config.json. `here`: the
+    ranks run on this machine, whose memory is the node's limit."""
     from launchers.planner.estimate import estimate_run
     from launchers.recipe.checks import model_config
     from launchers.recipe.plan import make_plan
@@ -102,7 +104,7 @@ def planned(resolved: Any, on_cpu: bool, price: float | None = None, required: b
             raise UserError(problem)
         print(f"warning: not planned: {problem}", file=sys.stderr)
         return None
-    return estimate_run(recipe, make_plan(resolved), device, config, price)
+    return estimate_run(recipe, make_plan(resolved), device, config, price, here)
 
 
 def with_estimate(plan: Any, estimate: Any) -> Any:

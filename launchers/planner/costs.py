@@ -68,13 +68,12 @@ def disk_use(setup: Setup, steps: int | None, seconds_per_step: float | None, tr
 
 
 def flops_per_token(setup: Setup) -> float:
-    """The work of one token: 6 FLOPs per matmul weight for a full fine-tune (forward, and the backward's input and
-    weight gradients), 4 for LoRA (a frozen weight gets no gradient), 2 more with gradient checkpointing (the forward
-    again); and the attention products, 12·L·H·Q·T (PaLM's appendix B)."""
+    """Model FLOPs of one token, as PaLM's appendix B counts them and the train stage's train/mfu does
+    (jobs/train/flops.py): 6 per matmul weight and 12·L·H·Q·T for attention, whatever the method. What a method
+    saves (LoRA: no weight gradients for the frozen base) or adds (gradient checkpointing: the forward again,
+    QLoRA: dequantization) is in its MFU (launchers/planner/estimate.py: mfu_of), so a measured train/mfu plugs in."""
     shape = setup.shape
-    per_weight = (6 if setup.kind == "full" else 4) + (2 if setup.checkpointing else 0)
-    attention = 12 * shape.layers * shape.heads * shape.head_dim * setup.seq_length
-    return per_weight * shape.matmul_parameters + attention * (per_weight / 6)
+    return 6.0 * shape.matmul_parameters + 12.0 * shape.layers * shape.heads * shape.head_dim * setup.seq_length
 
 
 def communication_bytes(setup: Setup) -> float:

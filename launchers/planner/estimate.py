@@ -27,10 +27,11 @@ from launchers.planner.shape import model_shape
 TIGHT = 0.9  # within 10% of a limit
 MAX_NODES = 64
 BENCHMARKS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
-MEASURED_MFU = re.compile(r"^\|\s*([\w.-]+)\s*\|\s*(full|lora|qlora)\s*\|\s*(0?\.\d+)\s*\|", re.M)
+MEASURED_MFU = re.compile(r"^\|\s*([\w.-]+)\s*\|\s*(full|lora|qlora)\s*\|\s*(gc|no-gc)\s*\|\s*(0?\.\d+)\s*\|", re.M)
 MFU_HEADING = "## MFU measured on GPUs"
 CPU_MFU = 0.5  # of CPU_RANK_FLOPS (launchers/planner/costs.py)
 QLORA_SPEED = 0.6  # QLoRA's rate against LoRA's on the same GPU: an assumption until measured
+CHECKPOINTING_SPEED = 0.75  # gradient checkpointing runs each forward twice: 8 FLOPs per weight of work for 6 counted
 BYTES_PER_TOKEN = 3.6  # source code per token with a code model's BPE (StarCoder's tokenizer on Python)
 
 
@@ -96,7 +97,8 @@ class Estimate:
             "per_gpu_gb": {"parameters": _gb(self.gpu.parameters), "gradients": _gb(self.gpu.gradients),
                            "optimizer": _gb(self.gpu.optimizer), "model_states": _gb(self.gpu.model_states),
                            "activations": _gb(self.gpu.activations), "buffers": _gb(self.gpu.buffers),
-                           "total": _gb(self.gpu.total), "limit": _gb(self.limit)},
+                           "allocated": _gb(self.gpu.allocated), "total": _gb(self.gpu.total),
+                           "limit": _gb(self.limit)},
             "cpu_per_node_gb": {"load": _gb(self.cpu.load), "checkpoint": _gb(self.cpu.checkpoint),
                                 "final_save": _gb(self.cpu.final_save),
                                 "limit": _gb(self.node_limit) if self.node_limit else None},
@@ -116,8 +118,11 @@ class Estimate:
 
 
 def estimate_run(recipe: Recipe, plan: Plan, device: Gpu | None, config: dict[str, Any],
-                 price_per_gpu_hour: float | None = None) -> Estimate:
+                 price_per_gpu_hour: float | None = None, here: bool = False) -> Estimate:
+    """`here`: the ranks run on this machine (--local, --debug), whose memory is the limit, not resources.mem."""
     setup = Setup.of(recipe, plan, model_shape(config), device)
+    if here:
+        setup = dataclasses.replace(setup, node_memory_gib=None)
     return estimate_setup(setup, recipe, price_per_gpu_hour)
 
 
@@ -161,29 +166,34 @@ def suggest_fix(estimate: Estimate, recipe: Recipe) -> str | None:
 
 
 def mfu_of(setup: Setup) -> tuple[float, str]:
-    """The measured MFU of this GPU and method from docs/benchmarks.md, else the catalog's assumption (for QLoRA,
-    scaled by QLORA_SPEED: every 4-bit weight is dequantized in each forward and backward)."""
+    """The MFU of this GPU, method and checkpointing measured in docs/benchmarks.md, else the catalog's full
+    fine-tune figure scaled by the method's and checkpointing's assumed factors."""
     if setup.device is None:
         return CPU_MFU, "assumed (CPU)"
-    measured = measured_mfu(BENCHMARKS).get((setup.device.key, setup.kind))
+    checkpointing = "gc" if setup.checkpointing else "no-gc"
+    measured = measured_mfu(BENCHMARKS).get((setup.device.key, setup.kind, checkpointing))
     if measured is not None:
         return measured, "measured (docs/benchmarks.md)"
-    if setup.kind == "qlora":
-        base = setup.device.assumed_mfu
-        return base * QLORA_SPEED, f"assumed ({base:g} × {QLORA_SPEED:g} for QLoRA)"
-    return setup.device.assumed_mfu, "assumed"
+    factors = [(name, value) for name, value in (("QLoRA", QLORA_SPEED), ("checkpointing", CHECKPOINTING_SPEED))
+               if (name == "QLoRA" and setup.kind == "qlora") or (name == "checkpointing" and setup.checkpointing)]
+    mfu = setup.device.assumed_mfu
+    for _, value in factors:
+        mfu *= value
+    scaled = "".join(f" × {value:g} {name}" for name, value in factors)
+    return mfu, f"assumed ({setup.device.assumed_mfu:g}{scaled})"
 
 
-def measured_mfu(path: Path) -> dict[tuple[str, str], float]:
-    """(gpu, method) → MFU from the table under MFU_HEADING in `path`; the last row of a pair wins."""
+def measured_mfu(path: Path) -> dict[tuple[str, str, str], float]:
+    """(gpu, method, gc|no-gc) → MFU from the tables of every section whose heading starts with MFU_HEADING in `path` (the
+    GPU acceptance script appends one per run); a later row of a pair wins."""
     if not path.is_file():
         return {}
-    text = path.read_text(encoding="utf-8")
-    start = text.find(MFU_HEADING)
-    if start < 0:
-        return {}
-    section = text[start:].split("\n## ", 2)[0]
-    return {(gpu, method): float(value) for gpu, method, value in MEASURED_MFU.findall(section)}
+    measured: dict[tuple[str, str], float] = {}
+    for section in path.read_text(encoding="utf-8").split("\n## ")[1:]:
+        if ("## " + section).startswith(MFU_HEADING):
+            measured.update({(gpu, method, checkpointing): float(value)
+                             for gpu, method, checkpointing, value in MEASURED_MFU.findall(section)})
+    return measured
 
 
 def data_tokens(recipe: Recipe) -> int | None:

@@ -28,11 +28,22 @@ class GpuMemory:
     gradients: int
     optimizer: int
     activations: int
-    buffers: int  # CUDA context, communication buffers, transient gathers/dequantization, fragmentation
+    transient: int  # one layer gathered (ZeRO-3, FSDP) or dequantized (QLoRA) at a time
+    runtime: int  # the CUDA context and communication buffers: outside torch's allocator
+    fragmentation: int
 
     @property
     def model_states(self) -> int:
         return self.parameters + self.gradients + self.optimizer
+
+    @property
+    def buffers(self) -> int:
+        return self.transient + self.runtime + self.fragmentation
+
+    @property
+    def allocated(self) -> int:
+        """What torch's allocator hands out at the peak (torch.cuda.max_memory_allocated)."""
+        return self.model_states + self.activations + self.transient
 
     @property
     def total(self) -> int:
@@ -111,9 +122,9 @@ def gpu_memory(setup: Setup) -> GpuMemory:
         if setup.kind == "qlora":
             transient += max(linear.inputs * linear.outputs for linear in shape.layer_linears) * 2  # dequantized
     activations = activation_bytes(setup)
-    fixed = 0 if setup.device is None else CUDA_CONTEXT + (NCCL_BUFFERS if world > 1 else 0)
-    buffers = fixed + transient + int(FRAGMENTATION * (parameters + gradients + optimizer + activations))
-    return GpuMemory(parameters, gradients, optimizer, activations, buffers)
+    runtime = 0 if setup.device is None else CUDA_CONTEXT + (NCCL_BUFFERS if world > 1 else 0)
+    fragmentation = int(FRAGMENTATION * (parameters + gradients + optimizer + activations))
+    return GpuMemory(parameters, gradients, optimizer, activations, transient, runtime, fragmentation)
 
 
 def activation_bytes(setup: Setup) -> int:

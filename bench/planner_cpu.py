@@ -1,0 +1,124 @@
+"""The planner's CPU estimate against real training: peak RSS of each rank of a 2-rank gloo run (DDP and DeepSpeed
+ZeRO-3) of GPTBigCode models of two sizes (≥ 50M parameters, random init, fp32), next to `launch plan --gpu cpu`.
+
+    .venv/bin/python bench/planner_cpu.py [--sizes 768x8,1024x10] [--steps 3]
+
+Each case is a real `launch full-ft tiny-starcoder --local --nproc 2 --stages train` with the model's config
+(sequence 256, micro batch 2, no checkpoint before the final save) and one torch thread per rank. The rank
+processes' peak resident memory is their kernel high-water mark (VmHWM in /proc, read until they exit). The
+planner's figure per rank is its CPU-rank memory (model states, activations, buffers) plus the rank's runtime;
+rank 0 also writes the final model, the planner's "final save". The table shows measured, planned and their
+ratio per rank; docs/benchmarks.md records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from launchers.planner.shape import model_shape  # noqa: E402 (the repository on the path first)
+
+GiB = 2**30
+
+
+def config_for(hidden: int, layers: int, directory: Path) -> Path:
+    config = json.loads((ROOT / "recipes" / "tiny-starcoder" / "config.json").read_text())
+    config.update(n_embd=hidden, n_layer=layers, n_head=hidden // 64, n_inner=4 * hidden, n_positions=512)
+    path = directory / f"gpt-{hidden}x{layers}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def overrides(config: Path, backend: str, steps: int) -> list[str]:
+    return [f"model.config={config}", f"distributed.backend={backend}", "data.seq_length=256",
+            "training.per_device_batch_size=2", f"training.max_steps={steps}", "training.save_steps=1000",
+            "training.eval_steps=1000", "training.logging_steps=1"]
+
+
+def planned(config: Path, backend: str, steps: int) -> dict:
+    command = [sys.executable, "-m", "launchers.cli.main", "plan", "full-ft", "tiny-starcoder",
+               *overrides(config, backend, steps), "--gpu", "cpu", "--gpus-per-node", "2", "--format", "json"]
+    return json.loads(subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+
+
+def peak_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(status.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def measured(config: Path, backend: str, steps: int, work: Path) -> list[int]:
+    """Peak RSS of each rank process (the two largest python descendants of the launch)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "CLUSTERFT_SYSTEM_METRICS_S": "0"}
+    command = [sys.executable, "-m", "launchers.cli.main", "full-ft", "tiny-starcoder", *overrides(config, backend,
+               steps), "--local", "--nproc", "2", "--stages", "train", "--runs-dir", str(work / "runs"),
+               "--name", f"{backend}-{config.stem}"]
+    launch = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks: dict[int, int] = {}
+    while launch.poll() is None:
+        for pid in descendants(launch.pid):
+            peaks[pid] = max(peaks.get(pid, 0), peak_hwm(pid))
+        time.sleep(0.05)
+    output = launch.stdout.read() if launch.stdout else ""
+    if launch.returncode != 0:
+        raise SystemExit(f"launch failed:\n{output[-3000:]}")
+    return sorted(peaks.values(), reverse=True)[:2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="768x8,1024x10", help="HIDDENxLAYERS,... (GPTBigCode, 64-wide heads)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--backends", default="ddp,deepspeed-zero3")
+    args = parser.parse_args()
+    rows = [("model", "params", "backend", "rank", "measured GiB", "planned GiB", "planned/measured")]
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        for size in args.sizes.split(","):
+            hidden, layers = (int(x) for x in size.split("x"))
+            config = config_for(hidden, layers, work)
+            for backend in args.backends.split(","):
+                plan = planned(config, backend, args.steps)["cpu_per_node_gb"]
+                per_rank = plan["checkpoint"] / 2  # the node's runtime and training, per rank
+                rank0 = per_rank + plan["final_save"] - plan["checkpoint"]  # and the final model being written
+                peaks = measured(config, backend, args.steps, work)
+                params = model_shape(json.loads(config.read_text())).parameters
+                for rank, (peak, expected) in enumerate(zip(peaks, (rank0, per_rank))):
+                    rows.append((config.stem, f"{params / 1e6:.0f}M", backend, "0 (final save)" if rank == 0 else "1",
+                                 f"{peak / GiB:.2f}", f"{expected:.2f}", f"{expected / (peak / GiB):.2f}"))
+                print(rows[-2], rows[-1], flush=True)
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join(" | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows))
+
+
+if __name__ == "__main__":
+    main()

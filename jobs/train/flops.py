@@ -18,6 +18,7 @@ from typing import Any
 
 from jobs.spec.gpus import gpu_of_device
 
+
 def matmul_parameters(model: Any) -> int:
     """Weights of every nn.Linear of `model`, from in_features × out_features: right for 4-bit layers (packed
     weights) and ZeRO-3 (partitioned weights) alike; LoRA's own factors are not the model's FLOPs."""

@@ -224,6 +224,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from jobs.spec.rundir import RunDir, check_name, runs_root, timestamp, tracking_uri
     from jobs.spec.stages import STAGE_NAMES, parse_stages
     from launchers.cli.plan import planned, refuse_unless_it_fits, with_estimate
+    from launchers.planner.report import plan_table
     from launchers.recipe.checks import check_files
     from launchers.recipe.hub import pin_hub_model
     from launchers.recipe.load import resolve
@@ -231,7 +232,6 @@ def cmd_run(argv: Sequence[str]) -> int:
     from launchers.submit.chain import chain_jobs
     from launchers.submit.request import StartRequest
     from launchers.submit.slurm import render_sbatch
-    from launchers.planner.report import plan_table
     from launchers.submit.start import start
 
     stages = parse_stages(args.stages) if args.stages else STAGE_NAMES

@@ -184,8 +184,8 @@ def mfu_of(setup: Setup) -> tuple[float, str]:
 
 
 def measured_mfu(path: Path) -> dict[tuple[str, str, str], float]:
-    """(gpu, method, gc|no-gc) → MFU from the tables of every section whose heading starts with MFU_HEADING in `path` (the
-    GPU acceptance script appends one per run); a later row of a pair wins."""
+    """(gpu, method, gc|no-gc) → MFU from the tables of every section whose heading starts with MFU_HEADING in
+    `path` (the GPU acceptance script appends one per run); a later row of a pair wins."""
     if not path.is_file():
         return {}
     measured: dict[tuple[str, str], float] = {}

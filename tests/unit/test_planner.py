@@ -108,9 +108,10 @@ def test_a_cpu_plan_for_the_laptop_recipes(launch: Callable[..., CliResult]) -> 
 
 def test_measured_mfu_replaces_the_assumption(tmp_path: Path) -> None:
     benchmarks = tmp_path / "benchmarks.md"
-    benchmarks.write_text("# Benchmarks\n\n## MFU measured on GPUs (1)\n\n| GPU | method | checkpointing | MFU |\n"
-                          "|---|---|---|---|\n| h200 | full | gc | 0.43 |\n| h200 | qlora | gc | .21 |\n\n## Other\n"
-                          "| a100-80gb | full | gc | 0.9 |\n\n## MFU measured on GPUs (2)\n| h200 | full | gc | 0.45 |\n")
+    benchmarks.write_text(
+        "# Benchmarks\n\n## MFU measured on GPUs (1)\n\n| GPU | method | checkpointing | MFU |\n|---|---|---|---|\n"
+        "| h200 | full | gc | 0.43 |\n| h200 | qlora | gc | .21 |\n\n## Other\n| a100-80gb | full | gc | 0.9 |\n\n"
+        "## MFU measured on GPUs (2)\n| h200 | full | gc | 0.45 |\n")
     assert measured_mfu(benchmarks) == {("h200", "full", "gc"): 0.45, ("h200", "qlora", "gc"): 0.21}
 
 

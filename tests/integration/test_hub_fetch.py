@@ -1,6 +1,7 @@
 """A pretrained hub model through the whole path, against a real HTTP stand-in of the hub on loopback: the launcher
 pins the revision, the prepare stage fetches each file once into the cache, and train (2 ranks) and export run
-offline: no request reaches the hub after the prepare stage.
+offline: no request reaches the hub after the prepare stage. The planner's estimate travels with the run (plan.json,
+the MLflow parent run).
 
     .venv/bin/python -m pytest tests/integration/test_hub_fetch.py -q
 """
@@ -45,5 +46,12 @@ def test_prepare_fetches_once_and_later_stages_run_offline(tmp_path: Path) -> No
                         if a["stage"] == "train")
     late = [(method, path) for when, method, path in hub.requests if when >= train_started]
     assert not late, f"stages after prepare reached the hub: {late}"
+    estimate = json.loads((run / "plan.json").read_text())["estimate"]  # the planner's figures travel with the run
+    assert estimate["feasible"] and estimate["device"] == "cpu" and estimate["per_gpu_gb"]["total"] > 0
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(
+        json.loads((run / "mlflow.json").read_text())["parent"])
+    assert parent.data.params["plan.estimate.verdict"] == "fits"
     assert (run / "final" / ".complete").exists()
     assert list(run.glob("export/v*/model/*.safetensors")), "the export found no base to merge into"

@@ -92,6 +92,8 @@ def gpu_memory(setup: Setup) -> GpuMemory:
     shape, world, e = setup.shape, setup.world, setup.weight_bytes
     shards = world if setup.sharded else 1
     transient = 0  # what is gathered or dequantized for one layer at a time
+    if setup.kind == "full" and setup.backend == "deepspeed-zero3" and setup.device is None and e == 4:
+        return _zero3_on_cpu(setup)
     if setup.kind == "full" and setup.backend == "deepspeed-zero3":
         _, states = zero3_model_states(shape.parameters, shape.largest_module, setup.ranks_per_node, setup.nodes,
                                        setup.zero_offload_optimizer, setup.zero_offload_params)
@@ -127,24 +129,64 @@ def gpu_memory(setup: Setup) -> GpuMemory:
     return GpuMemory(parameters, gradients, optimizer, activations, transient, runtime, fragmentation)
 
 
+def _zero3_on_cpu(setup: Setup) -> GpuMemory:
+    """ZeRO-3 of an fp32 model on CPU ranks, as DeepSpeed 0.19 runs it (measured: bench/planner_cpu.py): the flat
+    weight partition, an fp32 master copy of it (the no-copy branch of `_create_fp32_partitions` compares a device
+    with the string "cpu", never equal on CPU), the flat gradient partition and Adam's moments — 20 bytes per
+    parameter per rank; gathered weights kept whole while stage3_max_live_parameters allows (the shipped 1e9 does);
+    and at the optimizer step 12 bytes per parameter of temporaries (the flattened gradient, AdamW's intermediates)
+    where the forward's working set is smaller."""
+    shape, world = setup.shape, setup.world
+    partition = shape.parameters // world
+    gathered = 4 * (shape.parameters if setup.zero_max_live >= shape.parameters else shape.largest_module)
+    activations = activation_bytes(setup)
+    transient = max(0, 12 * partition - activations - gathered)
+    fragmentation = int(FRAGMENTATION * (20 * partition + activations))
+    return GpuMemory(4 * partition + gathered, 4 * partition, 12 * partition, activations, transient, 0, fragmentation)
+
+
 def activation_bytes(setup: Setup) -> int:
-    """Activations kept for the backward pass of one micro-batch (Korthikanti et al. 2022, per layer, generalized
-    to multi-query/grouped attention and gated MLPs), plus the output logits and the loss's fp32 copies."""
+    """Activations of one micro-batch at their peak: what autograd keeps for the backward (`saved_activations`),
+    then in the backward the larger of the loss's gradients over the whole vocabulary (fp32 log-probabilities' and
+    the logits') and, with gradient checkpointing, one layer's activations rebuilt."""
+    tokens = setup.micro_batch * setup.seq_length
+    loss_gradients = tokens * setup.shape.vocab * (4 + setup.activation_bytes)
+    rebuilt = _layer_activations(setup) * tokens if setup.checkpointing else 0
+    return saved_activations(setup) + max(loss_gradients, rebuilt)
+
+
+def saved_activations(setup: Setup) -> int:
+    """What autograd keeps for the backward (Korthikanti et al. 2022, per layer, generalized to multi-query/grouped
+    attention, RMSNorm and gated MLPs; equal within 10% to the saved tensors of real models on CPU:
+    tests/unit/test_planner_shape.py)."""
     shape, a = setup.shape, setup.activation_bytes
     tokens = setup.micro_batch * setup.seq_length
-    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    mlp = (4 if shape.gated_mlp else 2) * shape.intermediate
-    per_token = a * (4 * shape.hidden + 2 * q + 2 * kv + mlp)  # norms' inputs/outputs, q/k/v, attention out, MLP
-    per_token += 2 * shape.hidden if shape.residual_dropout > 0 else 0  # dropout masks, a byte each
-    if setup.eager_attention:  # the attention probabilities (and their dropout mask) are stored: quadratic
-        per_token += shape.heads * setup.seq_length * (a + (1 if shape.attention_dropout > 0 else 0))
-    layer = per_token * tokens
-    if setup.checkpointing:  # each layer's input kept; one layer's activations rebuilt at a time in the backward
-        layers = shape.layers * a * shape.hidden * tokens + layer
+    if setup.checkpointing:  # each layer's input alone (the layer is rebuilt in the backward)
+        layers = shape.layers * a * shape.hidden * tokens
     else:
-        layers = shape.layers * layer
-    logits = tokens * shape.vocab * (a + 4 + 4)  # logits, their fp32 copy for the loss, its gradient
-    return layers + logits + 2 * a * shape.hidden * tokens  # + the embeddings' output and the final norm
+        layers = shape.layers * _layer_activations(setup) * tokens
+    log_probabilities = 4 * tokens * shape.vocab  # the loss keeps its fp32 log-softmax
+    return layers + log_probabilities + 3 * a * shape.hidden * tokens  # + the final norm and the head's input
+
+
+def _layer_activations(setup: Setup) -> int:
+    """Bytes one decoder layer keeps per token."""
+    shape, a = setup.shape, setup.activation_bytes
+    llama_like = shape.gated_mlp  # RMSNorm (keeps 3 tensors), SDPA reading grouped k/v as they are
+    mask = a if setup.device is None else 1  # a dropout mask: a byte on GPUs, the activations' dtype on CPU
+    # the attention probabilities are kept by eager attention, and on CPU by SDPA's math kernel (taken with dropout)
+    probabilities = setup.eager_attention or (setup.device is None and shape.attention_dropout > 0)
+    q = shape.heads * shape.head_dim
+    repeated = probabilities or not (setup.flash_attention or llama_like)
+    kv = q if repeated else shape.kv_heads * shape.head_dim  # k and v, repeated per head where the kernel needs it
+    norms = (6 if llama_like else 4) * shape.hidden
+    attention = 2 * q + 2 * kv + (0 if probabilities else q)  # q, k, v, the output (and a fused kernel's own copy)
+    mlp = (4 if shape.gated_mlp else 2) * shape.intermediate
+    per_token = a * (norms + attention + mlp)
+    per_token += 2 * shape.hidden * mask if shape.residual_dropout > 0 else 0
+    if probabilities:
+        per_token += shape.heads * setup.seq_length * (a + (a + mask if shape.attention_dropout > 0 else 0))
+    return per_token
 
 
 def cpu_memory(setup: Setup) -> CpuMemory:

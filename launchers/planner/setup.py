@@ -37,6 +37,7 @@ class Setup:
     tokens_per_step: int
     checkpointing: bool
     eager_attention: bool  # the attention matrix is stored (eager); SDPA and flash attention do not store it
+    flash_attention: bool  # flash attention reads multi-query/grouped k and v as they are (others repeat them)
     weight_bytes: int  # model.dtype
     activation_bytes: int  # the compute dtype
     optimizer: str
@@ -44,6 +45,7 @@ class Setup:
     double_quant: bool
     zero_offload_optimizer: bool
     zero_offload_params: bool
+    zero_max_live: float  # stage3_max_live_parameters: how many gathered parameters ZeRO-3 may keep
     node_memory_gib: float | None  # resources.mem, when it names a size
     time_limit_minutes: int  # the train stage's (resources.time)
 
@@ -74,12 +76,14 @@ class Setup:
             accumulation=plan.gradient_accumulation_steps, tokens_per_step=plan.tokens_per_step,
             checkpointing=recipe.training.gradient_checkpointing,
             eager_attention=recipe.model.attn_implementation == "eager",
+            flash_attention=recipe.model.attn_implementation == "flash_attention_2" and device is not None,
             weight_bytes=BYTES[recipe.model.dtype], activation_bytes=BYTES[compute],
             optimizer=recipe.training.optimizer,
             lora_parameters=shape.lora_parameters(lora.r, lora.target_modules) if lora else 0,
             double_quant=bool(quant and quant.double_quant),
             zero_offload_optimizer=_offloaded(zero, "offload_optimizer"),
             zero_offload_params=_offloaded(zero, "offload_param"),
+            zero_max_live=float(zero.get("stage3_max_live_parameters", 1e9)),
             node_memory_gib=memory_gib(recipe.resources.mem),
             time_limit_minutes=slurm_minutes(recipe.resources.time),
         )

@@ -43,7 +43,7 @@ class ModelShape:
     vocab: int
     positions: int  # learned position embeddings (0: rotary)
     tied: bool  # the output head shares the token embeddings
-    gated_mlp: bool  # gate·up (SwiGLU/GeGLU) rather than one up-projection
+    gated_mlp: bool  # gate·up (SwiGLU/GeGLU) rather than one up-projection; also RMSNorm, SDPA reading k/v per group
     attention_dropout: float
     residual_dropout: float
     layer_linears: tuple[Linear, ...]  # one decoder layer's linear modules

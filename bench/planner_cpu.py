@@ -1,10 +1,12 @@
 """The planner's CPU estimate against real training: peak RSS of each rank of a 2-rank gloo run (DDP and DeepSpeed
 ZeRO-3) of GPTBigCode models of two sizes (≥ 50M parameters, random init, fp32), next to `launch plan --gpu cpu`.
 
-    .venv/bin/python bench/planner_cpu.py [--sizes 768x8,1024x10] [--steps 3]
+    .venv/bin/python bench/planner_cpu.py [--sizes 768x8,1024x10] [--steps 3] [--allocators default,mmap-1MiB]
 
 Each case is a real `launch full-ft tiny-starcoder --local --nproc 2 --stages train` with the model's config
-(sequence 256, micro batch 2, no checkpoint before the final save) and one torch thread per rank. The rank
+(sequence 256, micro batch 2, no checkpoint before the final save) and one torch thread per rank, under glibc's
+default malloc and with large blocks always mmap'ed (MALLOC_MMAP_THRESHOLD_: freed memory goes back to the system
+instead of staying in a fragmented heap). The rank
 processes' peak resident memory is their kernel high-water mark (VmHWM in /proc, read until they exit). The
 planner's figure per rank is its CPU-rank memory (model states, activations, buffers) plus the rank's runtime;
 rank 0 also writes the final model, the planner's "final save". The table shows measured, planned and their
@@ -27,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 from launchers.planner.shape import model_shape  # noqa: E402 (the repository on the path first)
 
 GiB = 2**30
+# glibc's malloc: its default (a dynamic mmap threshold: freed large blocks stay in the heap, fragmented), or large
+# blocks always mmap'ed and returned on free
+ALLOCATORS = {"default": {}, "mmap-1MiB": {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}}
 
 
 def config_for(hidden: int, layers: int, directory: Path) -> Path:
@@ -75,13 +80,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def measured(config: Path, backend: str, steps: int, work: Path) -> list[int]:
+def measured(config: Path, backend: str, steps: int, work: Path, allocator: str) -> list[int]:
     """Peak RSS of each rank process (the two largest python descendants of the launch)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "CLUSTERFT_SYSTEM_METRICS_S": "0"}
+           "MLFLOW_DISABLE_TELEMETRY": "true", "CLUSTERFT_SYSTEM_METRICS_S": "0", **ALLOCATORS[allocator]}
     command = [sys.executable, "-m", "launchers.cli.main", "full-ft", "tiny-starcoder", *overrides(config, backend,
                steps), "--local", "--nproc", "2", "--stages", "train", "--runs-dir", str(work / "runs"),
-               "--name", f"{backend}-{config.stem}"]
+               "--name", f"{backend}-{config.stem}-{allocator}"]
     launch = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, int] = {}
     while launch.poll() is None:
@@ -99,8 +104,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="768x8,1024x10", help="HIDDENxLAYERS,... (GPTBigCode, 64-wide heads)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backends", default="ddp,deepspeed-zero3")
+    parser.add_argument("--allocators", default=",".join(ALLOCATORS), help=f"of {', '.join(ALLOCATORS)}")
     args = parser.parse_args()
-    rows = [("model", "params", "backend", "rank", "measured GiB", "planned GiB", "planned/measured")]
+    rows = [("model", "params", "backend", "glibc malloc", "rank", "measured GiB", "planned GiB", "planned/measured")]
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         for size in args.sizes.split(","):
@@ -110,12 +116,14 @@ def main() -> None:
                 plan = planned(config, backend, args.steps)["cpu_per_node_gb"]
                 per_rank = plan["checkpoint"] / 2  # the node's runtime and training, per rank
                 rank0 = per_rank + plan["final_save"] - plan["checkpoint"]  # and the final model being written
-                peaks = measured(config, backend, args.steps, work)
                 params = model_shape(json.loads(config.read_text())).parameters
-                for rank, (peak, expected) in enumerate(zip(peaks, (rank0, per_rank))):
-                    rows.append((config.stem, f"{params / 1e6:.0f}M", backend, "0 (final save)" if rank == 0 else "1",
-                                 f"{peak / GiB:.2f}", f"{expected:.2f}", f"{expected / (peak / GiB):.2f}"))
-                print(rows[-2], rows[-1], flush=True)
+                for allocator in args.allocators.split(","):
+                    peaks = measured(config, backend, args.steps, work, allocator)
+                    for rank, (peak, expected) in enumerate(zip(peaks, (rank0, per_rank))):
+                        rows.append((config.stem, f"{params / 1e6:.0f}M", backend, allocator,
+                                     "0 (final save)" if rank == 0 else "1", f"{peak / GiB:.2f}", f"{expected:.2f}",
+                                     f"{expected / (peak / GiB):.2f}"))
+                    print(rows[-2], rows[-1], flush=True)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     print("\n".join(" | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows))
 

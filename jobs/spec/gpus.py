@@ -6,10 +6,11 @@
 
 The planner (launchers/planner/) reads it by key (`--gpu`, `resources.gpu_type`); the train stage's MFU
 (jobs/train/flops.py) by torch's device name. Figures are vendor datasheets (dense bf16 tensor-core peak, no
-sparsity; NVLink per GPU per direction; the usual InfiniBand build-out per node: 8 × HDR 200 Gb/s for A100 nodes,
-8 × NDR 400 Gb/s for H100/H200, 2 × 200 Gb/s for PCIe cards), memory as torch reports it (GiB, after the driver's
-reservation). `assumed_mfu` is the share of peak a Trainer + DeepSpeed/FSDP full fine-tune with flash attention
-typically reaches; docs/benchmarks.md's measured figures replace it (docs/planning.md).
+sparsity; V100 and T4, without bf16: fp16; NVLink per GPU per direction; the usual InfiniBand build-out per node:
+8 × HDR 200 Gb/s for A100 nodes, 8 × NDR 400 Gb/s for H100/H200, 2 × 200 Gb/s for PCIe cards), memory as torch
+reports it (GiB, after the driver's reservation). `assumed_mfu` is the share of peak a Trainer + DeepSpeed/FSDP
+full fine-tune with flash attention typically reaches; docs/benchmarks.md's measured figures replace it
+(docs/planning.md).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ CATALOG: tuple[Gpu, ...] = (
     Gpu("a10", ("A10",), 22.1, 125e12, 32, 25, 0.35),
     Gpu("l4", ("L4",), 22.0, 121e12, 32, 25, 0.35),
     Gpu("v100", ("V100",), 31.7, 125e12, 150, 100, 0.35),
+    Gpu("t4", ("T4",), 14.6, 65e12, 16, 12.5, 0.30),  # no bf16: its fp16 tensor-core peak
 )
 GPUS = {gpu.key: gpu for gpu in CATALOG}
 

@@ -93,9 +93,10 @@ def planned(resolved: Any, on_cpu: bool, price: float | None = None, required: b
     if recipe.resources.gpus_per_node and not on_cpu:
         device = gpu_named(recipe.resources.gpu_type or "")
         if device is None:
-            problem = (f"{resolved.where('resources', 'gpu_type')}: resources.gpu_type "
-                       f"{recipe.resources.gpu_type!r} is not in the planner's catalog ({', '.join(GPUS)}): "
-                       "name a listed type with --gpu TYPE (launch plan) or in resources.gpu_type")
+            what = (f"resources.gpu_type {recipe.resources.gpu_type!r} is not in the planner's catalog"
+                    if recipe.resources.gpu_type else "resources.gpu_type is not set: the planner needs the GPU")
+            problem = (f"{resolved.where('resources', 'gpu_type')}: {what} ({', '.join(GPUS)}): name one with "
+                       "--gpu TYPE (launch plan) or in resources.gpu_type")
     config = model_config(resolved)
     if config is None:
         problem = f"{resolved.where('model', 'name_or_path')}: the planner reads model.config (a local config.json)"

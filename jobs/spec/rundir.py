@@ -48,6 +48,16 @@ def runs_root(flag: str | None) -> Path:
     return Path(flag or os.environ.get(RUNS_DIR_ENV) or "runs").expanduser().resolve()
 
 
+def check_writable_root(root: Path, flag: str | None) -> None:
+    """A runs root a launch can write into: a directory (or one that can be made) this user may write."""
+    label = "flag --runs-dir" if flag else f"${RUNS_DIR_ENV}" if os.environ.get(RUNS_DIR_ENV) else "the runs root"
+    existing = next(path for path in (root, *root.parents) if path.exists())
+    if not existing.is_dir():
+        raise UserError(f"{label} {root}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{label} {root}: {existing} is not writable by this user")
+
+
 def default_tracking_uri(root: Path) -> str:
     """MLflow's embedded default: a sqlite store in the runs root (its file store is deprecated)."""
     return f"sqlite:///{root / 'mlflow.db'}"

@@ -2,8 +2,10 @@
 
 The Trainer writes checkpoint-N/ in place; a job killed mid-save (preemption, a node failure, kill -9) leaves a
 partial directory that "the newest checkpoint" would pick up. So after every save all ranks meet at a barrier,
-rank 0 verifies what was written and only then drops a `.complete` marker in it. Resume reads the newest marked
-checkpoint and removes unmarked ones.
+rank 0 verifies what was written and only then drops a `.complete` marker in it, recording each file's size and a
+sample hash (jobs.spec.manifest). Resume removes unmarked checkpoints and takes the newest marked one that still
+holds what it recorded; a newer one that does not (a truncated file, a disk fault) is set aside, with a line saying
+why.
 
 Adapter verification (LoRA/QLoRA): the file (under FSDP: the sharded model directory) is there, it holds every
 LoRA weight the model trains, at its full (unsharded) shape, and lora_B is not all zero once an optimizer step has
@@ -12,14 +14,17 @@ run — upstream has shipped empty or rank-0-only adapters under ZeRO-3/FSDP mor
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from jobs.spec.manifest import mark_complete, verify
 from jobs.spec.rundir import COMPLETE_MARKER
 from jobs.train.fsdp_state import describe_checkpoint, load_sharded, sharded_model
 
@@ -34,9 +39,26 @@ def checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_complete(directory: Path) -> Path | None:
-    complete = [path for _, path in checkpoints(directory) if (path / COMPLETE_MARKER).exists()]
-    return complete[-1] if complete else None
+def latest_verified(directory: Path) -> tuple[Path | None, list[tuple[str, str]]]:
+    """The newest complete checkpoint that still holds what was marked (jobs.spec.manifest), and the newer complete
+    ones passed over: (name, why)."""
+    passed: list[tuple[str, str]] = []
+    for _, path in reversed(checkpoints(directory)):
+        if not (path / COMPLETE_MARKER).exists():
+            continue
+        problem = verify(path)
+        if problem is None:
+            return path, passed
+        passed.append((path.name, problem))
+    return None, passed
+
+
+def set_aside(directory: Path, name: str) -> Path:
+    """Move a checkpoint that failed verification out of the way (kept, never deleted: the next save of its step
+    must not write into it)."""
+    aside = directory / f"{name}.unverified-{int(time.time())}"
+    os.replace(directory / name, aside)
+    return aside
 
 
 def remove_incomplete(directory: Path) -> list[str]:
@@ -110,4 +132,4 @@ class CompleteCheckpoints(TrainerCallback):
             describe_checkpoint(path, kwargs["model"], kwargs.get("processing_class"))
         if self.expected_adapter is not None:
             verify_adapter(path, self.expected_adapter, trained=state.global_step > 0)
-        (path / COMPLETE_MARKER).write_text(f"step {state.global_step}\n")
+        mark_complete(path, f"step {state.global_step}")

@@ -37,7 +37,13 @@ from jobs.spec.plan import Plan
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir, write_atomic
 from jobs.spec.schema import Recipe
 from jobs.track.tracker import Tracker
-from jobs.train.checkpoints import CompleteCheckpoints, expected_adapter_shapes, latest_complete, remove_incomplete
+from jobs.train.checkpoints import (
+    CompleteCheckpoints,
+    expected_adapter_shapes,
+    latest_verified,
+    remove_incomplete,
+    set_aside,
+)
 from jobs.train.flops import flops_per_token, mfu, peak_flops
 from jobs.train.fsdp_state import save_final_model
 from jobs.train.save_policy import RunTrainer, TimedSaves
@@ -181,11 +187,15 @@ def train(recipe: Recipe, plan: Plan, context: RankContext) -> str:
     set_seed(recipe.training.seed)
     with Tracker(context, "train", recipe, plan) as tracker:  # ends the MLflow run FINISHED, FAILED or KILLED
         trainer, tokenizer = build_trainer(recipe, plan, context, tracker)
-        resume = latest_complete(run.checkpoints)
+        resume, passed = latest_verified(run.checkpoints)
         if context.is_main:
             removed = remove_incomplete(run.checkpoints)
             if removed:
                 print(f"[train] removed incomplete checkpoints left by a crash: {', '.join(removed)}", flush=True)
+            for name, problem in passed:
+                aside = set_aside(run.checkpoints, name)
+                print(f"[train] skipped {name}: {problem}: it no longer holds what was saved (kept as {aside.name})",
+                      flush=True)
             if resume is not None:
                 print(f"[train] resuming from {resume.name}", flush=True)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)

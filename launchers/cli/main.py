@@ -221,7 +221,7 @@ def cmd_show(argv: Sequence[str]) -> int:
 
 def cmd_run(argv: Sequence[str]) -> int:
     args = run_parser().parse_intermixed_args(argv)
-    from jobs.spec.rundir import RunDir, check_name, runs_root, timestamp, tracking_uri
+    from jobs.spec.rundir import RunDir, check_name, check_writable_root, runs_root, timestamp, tracking_uri
     from jobs.spec.stages import STAGE_NAMES, parse_stages
     from launchers.cli.plan import planned, refuse_unless_it_fits, with_estimate
     from launchers.planner.report import plan_table
@@ -231,7 +231,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from launchers.recipe.plan import make_plan
     from launchers.submit.chain import chain_jobs
     from launchers.submit.request import StartRequest
-    from launchers.submit.slurm import render_sbatch
+    from launchers.submit.slurm import dependency_jobs, render_sbatch
     from launchers.submit.start import start
 
     stages = parse_stages(args.stages) if args.stages else STAGE_NAMES
@@ -250,12 +250,18 @@ def cmd_run(argv: Sequence[str]) -> int:
     estimate = planned(resolved, on_cpu=False, here=executor != "slurm")
     plan = with_estimate(make_plan(resolved), estimate)
     root = runs_root(args.runs_dir)
+    check_writable_root(root, args.runs_dir)
     experiment = check_name(args.experiment or recipe.model_name, "--experiment")
     name = check_name(args.name or f"{recipe.model_name}-{recipe.method_name}-{timestamp()}", "--name")
     run = RunDir.new(root, experiment, name)
     run.check_new()
     request = StartRequest(run, recipe, plan, executor, stages, slurm_options(args, recipe), container_of(args),
                            args.max_requeues, args.parsable)
+
+    if args.dependency and executor != "slurm":
+        raise UserError("flag --dependency: SLURM only (local stages already run one after the other)")
+    if args.dependency:
+        dependency_jobs(args.dependency)  # the syntax, dry run or not; that the jobs exist, on submission
 
     if args.dry_run:
         print(plan_summary(recipe, plan, run, executor, tracking_uri(root), stages))
@@ -271,8 +277,6 @@ def cmd_run(argv: Sequence[str]) -> int:
                 previous = job.stage
         return 0
 
-    if args.dependency and executor != "slurm":
-        raise UserError("flag --dependency: SLURM only (local stages already run one after the other)")
     if args.dependency:
         from launchers.submit.slurm import check_dependency
 
@@ -377,11 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(getattr(importlib.import_module(module), function)(args[1:]))
         return cmd_run(args)
     except UserError as err:
-        print(f"launch: error: {err}", file=sys.stderr)
+        print(f"launch: error: {printable(str(err))}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:  # `launch recipes | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+
+
+def printable(text: str) -> str:
+    """`text` on one line and inert in a terminal: newlines, escapes and other control characters written as
+    Python writes them in a string (a value echoed in an error stays one line, and cannot recolour or move the
+    cursor)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

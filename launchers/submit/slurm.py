@@ -132,9 +132,9 @@ DEPENDENCY_TYPES = ("after", "afterany", "afterok", "afternotok", "aftercorr", "
 _DEPENDENCY_ITEM = re.compile(r"^(?P<type>[a-z]+)(?P<jobs>(?::\d+(?:_\d+)?(?:\+\d+)?)*)$")  # job[_task][+minutes]
 
 
-def check_dependency(text: str) -> None:
-    """--dependency names real jobs: SLURM 22.05 silently ignores a dependency on a job that does not exist
-    (the chain would start at once), so every job id is looked up first (squeue, then sacct)."""
+def dependency_jobs(text: str) -> list[str]:
+    """The job ids of a --dependency, checked for SLURM's syntax (TYPE:JOBID[:JOBID...], joined by , or ?)."""
+    jobs = []
     for item in re.split(r"[,?]", text):
         match = _DEPENDENCY_ITEM.match(item)
         if item == "singleton":
@@ -142,9 +142,16 @@ def check_dependency(text: str) -> None:
         if not match or match["type"] not in DEPENDENCY_TYPES or not match["jobs"]:
             raise UserError(f"flag --dependency {text}: {item!r} is not TYPE:JOBID[:JOBID...] "
                             f"(types: {', '.join(DEPENDENCY_TYPES)}, or singleton)")
-        for job_id in (j.split("+")[0] for j in match["jobs"].strip(":").split(":")):
-            if not _job_known(job_id):
-                raise UserError(f"flag --dependency {text}: job {job_id} does not exist (unknown to squeue and sacct)")
+        jobs += [j.split("+")[0] for j in match["jobs"].strip(":").split(":")]
+    return jobs
+
+
+def check_dependency(text: str) -> None:
+    """--dependency names real jobs: SLURM 22.05 silently ignores a dependency on a job that does not exist
+    (the chain would start at once), so every job id is looked up first (squeue, then sacct)."""
+    for job_id in dependency_jobs(text):
+        if not _job_known(job_id):
+            raise UserError(f"flag --dependency {text}: job {job_id} does not exist (unknown to squeue and sacct)")
 
 
 def _job_known(job_id: str) -> bool:

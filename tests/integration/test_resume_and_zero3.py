@@ -1,5 +1,6 @@
 """Checkpoints and DeepSpeed on real CPU ranks.
 
+- A run whose newest checkpoint was cut short after it was marked complete resumes from the previous one.
 - A run killed with SIGKILL in the middle of a checkpoint save and continued by `launch resume` reproduces an
   uninterrupted run: the same loss at every step (1e-4) and the same final weights. It resumes from the newest
   *complete* checkpoint; a half-written one is removed.
@@ -91,6 +92,25 @@ def test_killed_mid_save_then_resumed_matches_an_uninterrupted_run(tmp_path: Pat
     assert final_whole.keys() == final_again.keys()
     for key, tensor in final_whole.items():
         torch.testing.assert_close(final_again[key], tensor, atol=1e-5, rtol=0, msg=key)
+
+
+def test_a_truncated_newest_checkpoint_resumes_from_the_previous_one(tmp_path: Path) -> None:
+    import shutil
+
+    assert_ok(launch("full-ft", "tiny-starcoder", "--local", "--stages", "train", "--name", "cut",
+                     "training.max_steps=10", "training.save_steps=5", "training.eval_steps=10", cwd=tmp_path))
+    run = tmp_path / "runs" / "tiny-starcoder" / "cut"
+    shutil.rmtree(run / "final")  # as if the job had died after its last checkpoint, whose weights a fault cut short
+    weights = run / "checkpoints" / "checkpoint-10" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+    resumed = launch("resume", "cut", cwd=tmp_path)
+    assert_ok(resumed)
+    assert "[train] skipped checkpoint-10: model.safetensors: 1000 bytes," in resumed.stdout, resumed.stdout
+    assert "resuming from checkpoint-5" in resumed.stdout
+    assert (run / "final" / ".complete").exists()
+    assert len(list((run / "checkpoints").glob("checkpoint-10.unverified-*"))) == 1  # kept, out of the way
+    assert (run / "checkpoints" / "checkpoint-10" / ".complete").exists()  # saved again, whole
 
 
 def test_zero3_full_fine_tune_saves_what_zero_to_fp32_consolidates(tmp_path: Path) -> None:

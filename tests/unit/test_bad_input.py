@@ -310,6 +310,24 @@ OVERRIDE_AND_FLAG_CASES = [
         ("extra",),
         id="recipes-extra-argument",
     ),
+    pytest.param(
+        ["lora", "tiny-starcoder", "--dry-run", "--dependency", "afterok:12;rm -rf ~"],
+        "flag --dependency afterok:12;rm -rf ~: ",
+        ("is not TYPE:JOBID",),
+        id="dependency-garbage-under-dry-run",
+    ),
+    pytest.param(
+        ["lora", "tiny-starcoder", "--local", "--dependency", "afterok:12"],
+        "flag --dependency: SLURM only",
+        (),
+        id="dependency-on-a-local-run",
+    ),
+    pytest.param(
+        ["lora", "tiny-starcoder", "--dry-run", "training.lerning_rate\n\x1b[2J=1"],
+        "override training.lerning_rate\\n\\x1b[2J=1: ",
+        ("unknown key",),
+        id="newline-and-terminal-escape-stay-one-inert-line",
+    ),
 ]
 
 
@@ -318,6 +336,14 @@ def test_bad_override_or_flag(
     launch: Launch, tmp_path: Path, argv: list[str], prefix: str, says: tuple[str, ...]
 ) -> None:
     assert_rejected(launch(*argv), prefix, says, tmp_path / "runs")
+
+
+def test_a_runs_root_that_is_a_file(launch: Launch, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a user's file\n")
+    for root in ("taken", "taken/runs"):
+        line = assert_one_error_line(launch("lora", "tiny-starcoder", "--dry-run", "--runs-dir", root))
+        assert f"flag --runs-dir {tmp_path / root}: {tmp_path / 'taken'} is not a directory" in line
+    assert (tmp_path / "taken").read_text() == "a user's file\n"
 
 
 # --- recipe files in a user catalog ------------------------------------------------------------------------------

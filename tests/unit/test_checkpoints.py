@@ -1,5 +1,6 @@
-"""jobs.train.checkpoints on synthetic checkpoint directories: the newest *complete* checkpoint wins, unfinished ones
-are removed, and adapter verification catches missing, sharded and untrained LoRA weights.
+"""jobs.train.checkpoints on synthetic checkpoint directories: the newest *complete* checkpoint that still holds what
+was marked wins (a truncated or changed file passes it over), unfinished ones are removed, and adapter verification
+catches missing, sharded and untrained LoRA weights.
 
     .venv/bin/python -m pytest tests/unit/test_checkpoints.py -q
 """
@@ -12,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from jobs.spec.manifest import mark_complete, verify
 from jobs.spec.rundir import COMPLETE_MARKER
-from jobs.train.checkpoints import latest_complete, remove_incomplete, verify_adapter
+from jobs.train.checkpoints import latest_verified, remove_incomplete, set_aside, verify_adapter
 
 EXPECTED = {"model.layers.0.q_proj.lora_A.weight": (8, 64), "model.layers.0.q_proj.lora_B.weight": (64, 8)}
 
@@ -22,22 +24,46 @@ def make_checkpoint(root: Path, step: int, complete: bool) -> Path:
     path = root / f"checkpoint-{step}"
     path.mkdir(parents=True)
     (path / "trainer_state.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(bytes(range(256)) * 40_000)  # 10 MB: both ends sampled
     if complete:
-        (path / COMPLETE_MARKER).write_text(f"step {step}\n")
+        mark_complete(path, f"step {step}")
     return path
 
 
 def test_newest_complete_checkpoint_wins_and_unfinished_ones_go(tmp_path: Path) -> None:
     for step, complete in ((5, True), (10, True), (15, False), (100, False)):
         make_checkpoint(tmp_path, step, complete)
-    assert latest_complete(tmp_path) == tmp_path / "checkpoint-10"  # by step, not by name: 100 > 15 > 10 > 5
+    assert latest_verified(tmp_path) == (tmp_path / "checkpoint-10", [])  # by step, not by name: 100 > 15 > 10 > 5
     assert remove_incomplete(tmp_path) == ["checkpoint-15", "checkpoint-100"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-5"]
 
 
 def test_no_checkpoint_directory_means_no_resume(tmp_path: Path) -> None:
-    assert latest_complete(tmp_path / "absent") is None
+    assert latest_verified(tmp_path / "absent") == (None, [])
     assert remove_incomplete(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (lambda f: f.write_bytes(f.read_bytes()[:1000]), "model.safetensors: 1000 bytes, 10240000 when marked"),
+    (lambda f: f.write_bytes(f.read_bytes()[:-4096] + bytes(4096)),
+     "model.safetensors: its content changed since it was marked"),
+    (lambda f: f.unlink(), "model.safetensors: missing"),
+])
+def test_a_damaged_newest_checkpoint_is_passed_over_for_the_previous_one(tmp_path: Path, damage, why: str) -> None:
+    for step in (5, 10):
+        make_checkpoint(tmp_path, step, complete=True)
+    damage(tmp_path / "checkpoint-10" / "model.safetensors")
+    resume, passed = latest_verified(tmp_path)
+    assert resume == tmp_path / "checkpoint-5" and passed == [("checkpoint-10", why)]
+    aside = set_aside(tmp_path, "checkpoint-10")  # kept, out of the way of the next save of step 10
+    assert aside.name.startswith("checkpoint-10.unverified-") and aside.is_dir()
+    assert latest_verified(tmp_path) == (tmp_path / "checkpoint-5", [])
+
+
+def test_a_marker_from_before_manifests_verifies_by_being_there(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path, 5, complete=False)
+    (path / COMPLETE_MARKER).write_text("step 5\n")
+    assert verify(path) is None and latest_verified(tmp_path) == (path, [])
 
 
 def write_adapter(path: Path, tensors: dict[str, torch.Tensor]) -> Path:

@@ -277,6 +277,7 @@ def cmd_run(argv: Sequence[str]) -> int:
                 previous = job.stage
         return 0
 
+    refuse_unless_it_fits(estimate, resolved, args.force)
     if args.dependency:
         from launchers.submit.slurm import check_dependency
 
@@ -287,7 +288,6 @@ def cmd_run(argv: Sequence[str]) -> int:
     if executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("sbatch not found: this machine is not a SLURM login node (use --local to run here, "
                         "or --dry-run to see the job)")
-    refuse_unless_it_fits(estimate, resolved, args.force)
     warn_on_lora_targets(resolved)
     run.create()
     run.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")

@@ -23,4 +23,4 @@ class RuleError(ValueError):
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors and resolved values never change."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf learning rate or timeout

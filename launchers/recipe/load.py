@@ -99,6 +99,8 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
         mark = getattr(err, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown
         raise UserError(f"{where}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
+    except ValueError as err:  # an integer of thousands of digits: Python refuses to convert it
+        raise UserError(f"{shown}: a value is not a usable number ({str(err).split(':')[0]})") from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -136,6 +138,8 @@ def parse_override(text: str, label: str | None = None) -> tuple[dict[str, Any],
         value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else ""  # noqa: S506 - a SafeLoader
     except yaml.YAMLError:
         value = raw
+    except ValueError as err:  # an integer of thousands of digits: Python refuses to convert it
+        raise UserError(f"override {key}=...: the value is not a usable number ({str(err).split(':')[0]})") from None
     parts = tuple(key.split("."))
     from jobs.spec.redaction import redact_text
 

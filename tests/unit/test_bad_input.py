@@ -311,6 +311,18 @@ OVERRIDE_AND_FLAG_CASES = [
         id="recipes-extra-argument",
     ),
     pytest.param(
+        ["lora", "tiny-starcoder", "--dry-run", "training.learning_rate=.inf"],
+        "override training.learning_rate=.inf: training.learning_rate: ",
+        ("finite number",),
+        id="infinite-learning-rate",
+    ),
+    pytest.param(
+        ["lora", "tiny-starcoder", "--dry-run", "training.max_steps=" + "9" * 5000],
+        "override training.max_steps=...: ",
+        ("not a usable number", "4300 digits"),
+        id="integer-of-thousands-of-digits",
+    ),
+    pytest.param(
         ["lora", "tiny-starcoder", "--dry-run", "--dependency", "afterok:12;rm -rf ~"],
         "flag --dependency afterok:12;rm -rf ~: ",
         ("is not TYPE:JOBID",),
@@ -336,6 +348,15 @@ def test_bad_override_or_flag(
     launch: Launch, tmp_path: Path, argv: list[str], prefix: str, says: tuple[str, ...]
 ) -> None:
     assert_rejected(launch(*argv), prefix, says, tmp_path / "runs")
+
+
+def test_a_recipe_file_with_an_integer_of_thousands_of_digits(launch: Launch, user_catalog: Path,
+                                                               tmp_path: Path) -> None:
+    recipe = user_catalog / "lora.yaml"
+    recipe.write_text(recipe.read_text().replace("max_steps: 30", "max_steps: " + "9" * 5000))
+    line = assert_one_error_line(launch("lora", "tiny-starcoder", "--dry-run"))
+    assert "catalog/tiny-starcoder/lora.yaml: a value is not a usable number" in line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_runs_root_that_is_a_file(launch: Launch, tmp_path: Path) -> None:

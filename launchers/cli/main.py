@@ -193,9 +193,14 @@ def cmd_recipes(argv: Sequence[str]) -> int:
     from launchers.recipe.load import list_methods, list_models, resolve
 
     rows = [("RECIPE", "METHOD", "BACKEND", "GPUS", "SEQ", "LENGTH", "LR")]
+    broken = []
     for model in list_models():
         for method in list_methods(model):
-            r = resolve(method, model).recipe
+            try:
+                r = resolve(method, model).recipe
+            except UserError as err:  # one bad file in a user catalog must not hide every other recipe
+                broken.append(f"warning: {model}/{method} not listed: {printable(str(err))}")
+                continue
             res = r.resources
             gpus = f"{res.nodes}×{res.gpus_per_node} {res.gpu_type or ''}".strip() if res.gpus_per_node else "CPU"
             length = f"{r.training.max_steps} steps" if r.training.max_steps else f"{r.training.epochs:g} epochs"
@@ -204,6 +209,8 @@ def cmd_recipes(argv: Sequence[str]) -> int:
     from launchers.text import table
 
     print("\n".join(table(rows)))
+    for line in broken:
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,8 @@ device from the recipe's config.json: no weights, ~5 s for the imports).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 from collections.abc import Callable
 
@@ -93,6 +95,16 @@ def test_recipes_command_lists_every_recipe(launch: Launch) -> None:
     assert lines[0].split() == ["RECIPE", "METHOD", "BACKEND", "GPUS", "SEQ", "LENGTH", "LR"]
     listed = [line.split()[0] for line in lines[1:]]
     assert listed == RECIPE_IDS
+
+
+def test_one_bad_file_in_a_user_catalog_does_not_hide_the_others(launch: Launch, user_catalog: Path) -> None:
+    (user_catalog / "lora.yaml").write_text("training: [unclosed\n")
+    result = launch("recipes")
+    assert result.code == 0
+    listed = [line.split()[0] for line in result.out.splitlines()[1:]]
+    assert "tiny-starcoder/lora" not in listed and "tiny-starcoder/full-ft" in listed and "starcoder15b/qlora" in listed
+    assert result.err_lines == [line for line in result.err_lines if line.startswith("warning: tiny-starcoder/lora")]
+    assert len(result.err_lines) == 1 and "lora.yaml" in result.err
 
 
 @pytest.mark.parametrize(("method", "model"), RECIPES, ids=RECIPE_IDS)

@@ -9,10 +9,9 @@ device from the recipe's config.json: no weights, ~5 s for the imports).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import yaml

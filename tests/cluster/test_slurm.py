@@ -135,15 +135,18 @@ def test_status_logs_and_cancel_on_a_running_job(tmp_path: Path) -> None:
     ids=["unknown-partition", "missing-dependency"],
 )
 def test_sbatch_refusals_are_one_line_and_leave_nothing(tmp_path: Path, flags: list[str], says: str) -> None:
+    before = squeue_ids()  # an earlier test's cancelled job may still be completing: only new jobs count
     result = launch("lora", "tiny-starcoder", "--name", "refused", *flags, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("launch: error: "), result.stderr
     assert says in lines[0].lower()
     assert not (tmp_path / "runs" / "tiny-starcoder" / "refused").exists()
-    assert not squeue_names("tiny-starcoder-lora"), "nothing may be left queued"
+    left = {job: what for job, what in squeue_ids().items() if job not in before}
+    assert not left, f"nothing may be left queued: {left}"
 
 
-def squeue_names(prefix: str) -> list[str]:
-    names = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, timeout=30, check=False)
-    return [name for name in names.stdout.split() if name.startswith(prefix)]
+def squeue_ids() -> dict[str, str]:
+    """Every job SLURM still lists (pending, running or completing): id → name and state."""
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, timeout=30, check=True)
+    return {line.split()[0]: line for line in jobs.stdout.splitlines() if line.strip()}

@@ -254,8 +254,9 @@ def cmd_run(argv: Sequence[str]) -> int:
     resolved = pin_hub_model(resolved, args.dry_run)
     recipe = resolved.recipe
     executor = "debug" if args.debug else "local" if args.local else "slurm"
-    estimate = planned(resolved, on_cpu=False, here=executor != "slurm")
-    plan = with_estimate(make_plan(resolved), estimate)
+    plan = make_plan(resolved)
+    estimate = planned(resolved, plan, here=executor != "slurm")
+    plan = with_estimate(plan, estimate)
     root = runs_root(args.runs_dir)
     check_writable_root(root, args.runs_dir)
     experiment = check_name(args.experiment or recipe.model_name, "--experiment")

@@ -39,6 +39,7 @@ def cmd_plan(argv: Sequence[str]) -> int:
     from launchers.planner.report import plan_table, scaling_table
     from launchers.recipe.checks import check_files
     from launchers.recipe.load import resolve
+    from launchers.recipe.plan import make_plan
 
     node_counts = parse_nodes(args.nodes)
     flags: dict[str, str] = {}
@@ -55,7 +56,7 @@ def cmd_plan(argv: Sequence[str]) -> int:
         node_flags = dict(flags, **({f"resources.nodes={nodes}": f"flag -N {nodes}"} if nodes else {}))
         resolved = resolve(args.method, args.model, args.overrides, node_flags)
         check_files(resolved)
-        estimates.append(planned(resolved, args.gpu == CPU, args.price, required=True))
+        estimates.append(planned(resolved, make_plan(resolved), args.price, required=True))
     if args.format == "json":
         figures = [estimate.figures() for estimate in estimates]
         print(json.dumps(figures if len(figures) > 1 else figures[0], indent=2))
@@ -78,19 +79,17 @@ def parse_nodes(text: str | None) -> list[int]:
     return counts
 
 
-def planned(resolved: Any, on_cpu: bool, price: float | None = None, required: bool = False,
+def planned(resolved: Any, plan: Any, price: float | None = None, required: bool = False,
             here: bool = False) -> Any:
     """The estimate of a resolved recipe on its device, or None (with a warning) where it cannot be planned and
     `required` is false: a GPU type the catalog does not list, a model without a local config.json. `here`: the
     ranks run on this machine, whose memory is the node's limit."""
     from launchers.planner.estimate import estimate_run
     from launchers.recipe.checks import model_config
-    from launchers.recipe.plan import make_plan
-
     recipe = resolved.recipe
     problem = None
     device: Gpu | None = None
-    if recipe.resources.gpus_per_node and not on_cpu:
+    if recipe.resources.gpus_per_node:  # --gpu cpu plans with none
         device = gpu_named(recipe.resources.gpu_type or "")
         if device is None:
             what = (f"resources.gpu_type {recipe.resources.gpu_type!r} is not in the planner's catalog"
@@ -105,7 +104,7 @@ def planned(resolved: Any, on_cpu: bool, price: float | None = None, required: b
             raise UserError(problem)
         print(f"warning: not planned: {problem}", file=sys.stderr)
         return None
-    return estimate_run(recipe, make_plan(resolved), device, config, price, here)
+    return estimate_run(recipe, plan, device, config, price, here)
 
 
 def with_estimate(plan: Any, estimate: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
+from jobs.prepare.code_files import code_files, read_code_file
 from jobs.spec.schema import DataSpec
 
 ALPACA_WITH_INPUT = (
@@ -31,9 +32,6 @@ ALPACA_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
 LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-VENDORED_DIRS = {".git", ".hg", ".svn", "node_modules", "vendor", "third_party", "__pycache__", ".venv", "venv",
-                 "site-packages", "dist", "build", ".tox", ".mypy_cache", ".pytest_cache"}
-MAX_SOURCE_FILE_BYTES = 1 << 20
 
 
 @dataclass
@@ -62,28 +60,14 @@ def load_rows(source: str, data: DataSpec, report: SourceReport | None = None) -
 def read_code_directory(root: Path, pattern: str, report: SourceReport) -> list[str]:
     """Text of every source file under `root` matching `pattern`, in path order; the rest is counted."""
     texts: list[str] = []
-    for path in sorted(root.glob(pattern)):
-        if not path.is_file():
-            continue
-        relative = path.relative_to(root).parts
-        if any(part in VENDORED_DIRS or part.startswith(".") for part in relative[:-1]):
-            report.skipped["vendored or hidden directory"] += 1
-        elif path.stat().st_size > MAX_SOURCE_FILE_BYTES:
-            report.skipped["over 1 MB"] += 1
+    for path, skipped in code_files(root, pattern):
+        text = None
+        if skipped is None:
+            text, skipped = read_code_file(path)
+        if text is not None:
+            texts.append(text)
         else:
-            raw = path.read_bytes()
-            if b"\0" in raw[:8192]:
-                report.skipped["binary"] += 1
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                report.skipped["not UTF-8"] += 1
-                continue
-            if text.strip():
-                texts.append(text)
-            else:
-                report.skipped["empty"] += 1
+            report.skipped[str(skipped)] += 1
     return texts
 
 

@@ -10,6 +10,7 @@ Try it: `launch show lora tiny-starcoder` prints a resolved recipe.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -87,7 +88,8 @@ class MethodSpec(Section):
         if self.kind == "qlora" and self.quantization is None:
             raise RuleError("method.kind qlora needs a method.quantization section", "kind")
         if self.kind != "qlora" and self.quantization is not None:
-            raise RuleError(f"method.quantization is only for kind qlora (this recipe is {self.kind})", "quantization", "kind")
+            raise RuleError(f"method.quantization is only for kind qlora (this recipe is {self.kind})",
+                            "quantization", "kind")
         return self
 
 
@@ -128,6 +130,9 @@ class DataSpec(Section):
                             "template", "format")
         if self.eval_fraction and self.eval_source:
             raise RuleError("set data.eval_fraction or data.eval_source, not both", "eval_fraction", "eval_source")
+        if not self.glob.strip() or self.glob.startswith(("/", "~")) or ".." in PurePosixPath(self.glob).parts:
+            raise RuleError(f"{self.glob!r} must be a relative, non-empty pattern inside the source directory "
+                            "(no '..'), e.g. **/*.py", "glob")
         if self.fim_rate and self.format in ("chat", "alpaca"):
             raise RuleError(f"FIM rewrites raw code documents: data.fim_rate needs format code or "
                             f"prompt_completion, not {self.format}", "fim_rate", "format")
@@ -204,7 +209,8 @@ class ExportSpec(Section):
         1.0, description="LoRA/QLoRA: scale of the adapter in the merged model (the seed down-weighted to 0.8)")
     dtype: Dtype | None = Field(None, description="cast floating weights to this dtype (default: a merged model in "
                                                   "model.dtype, the one trained; a full model as it was saved)")
-    merge: bool = Field(True, description="LoRA/QLoRA: write the merged model next to the adapter (false: adapter only)")
+    merge: bool = Field(True, description="LoRA/QLoRA: write the merged model next to the adapter "
+                        "(false: adapter only)")
     base: str | None = Field(None, description="LoRA/QLoRA: merge into this base instead (a directory or hub id of the "
                              "same architecture and shapes, e.g. a sibling fine-tune)")
     adapters: dict[str, float] | None = Field(None, description="LoRA/QLoRA: mix these runs' final adapters "

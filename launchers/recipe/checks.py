@@ -7,18 +7,20 @@ transformers) on submission, not on --dry-run.
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from jobs.prepare.code_files import code_files
 from jobs.spec.errors import UserError
-from jobs.spec.schema import FORMAT_FIELDS, DataSpec
+from jobs.spec.schema import DataSpec
+from launchers.recipe.data_rows import check_rows
 from launchers.recipe.load import Resolved, display_path
+from launchers.recipe.user_files import parse_json, read_text
 
 # Config keys that hold a model's maximum sequence length, by architecture family.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-OPTIONAL_COLUMNS = {"input"}  # alpaca rows may omit "input"
 
 
 def model_config(resolved: Resolved) -> dict[str, Any] | None:
@@ -28,12 +30,9 @@ def model_config(resolved: Resolved) -> dict[str, Any] | None:
         return None
     path = Path(path_text)
     where = resolved.where("model", "config")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{where}: model.config: no such file {display_path(path)}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{display_path(path)}:{err.lineno}: invalid JSON: {err.msg}") from None
+    config = parse_json(read_text(path, display_path(path)), display_path(path))
     if not isinstance(config, dict) or "model_type" not in config:
         raise UserError(f"{display_path(path)}: not a transformers config (no model_type)")
     return config
@@ -56,7 +55,8 @@ def check_files(resolved: Resolved) -> None:
     for key in ("tokenizer", "name_or_path"):
         value = getattr(recipe.model, key)
         if value and Path(value).is_absolute() and not Path(value).exists():
-            raise UserError(f"{resolved.where('model', key)}: model.{key}: no such directory {display_path(Path(value))}")
+            raise UserError(f"{resolved.where('model', key)}: model.{key}: "
+                            f"no such directory {display_path(Path(value))}")
     for key in ("source", "eval_source"):
         value = getattr(recipe.data, key)
         if value and Path(value).is_absolute():
@@ -71,39 +71,19 @@ def check_local_data(path: Path, data: DataSpec, where: str, key: str) -> None:
         if data.format != "code":
             raise UserError(f"{where}: data.{key}: {shown} is a directory; only format code reads directories "
                             f"(this recipe is {data.format})")
-        if not any(p.is_file() for p in path.rglob("*")):
-            raise UserError(f"{where}: data.{key}: directory {shown} holds no files")
+        check_code_directory(path, shown, data.glob, where, key)
         return
     if path.suffix not in DATA_SUFFIXES:
         raise UserError(f"{where}: data.{key}: {shown}: unsupported file type (allowed: {', '.join(DATA_SUFFIXES)})")
-    if path.suffix == ".jsonl":
-        check_jsonl(path, data)
+    check_rows(path, shown, data)
 
 
-def check_jsonl(path: Path, data: DataSpec) -> int:
-    """Every row parses and has the format's columns; returns the row count. Errors name file:line."""
-    shown = display_path(path)
-    required = [data.column(name) for name in FORMAT_FIELDS[data.format] if name not in OPTIONAL_COLUMNS]
-    rows = 0
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except UnicodeDecodeError:
-                raise UserError(f"{shown}:{number}: not UTF-8 text") from None
-            except json.JSONDecodeError as err:
-                raise UserError(f"{shown}:{number}: invalid JSON: {err.msg} (column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{shown}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            missing = [column for column in required if column not in row]
-            if missing:
-                raise UserError(
-                    f"{shown}:{number}: missing column {missing[0]!r} for format {data.format} "
-                    f"(columns here: {', '.join(sorted(row)) or 'none'}; rename with data.fields)"
-                )
-            rows += 1
-    if rows == 0:
-        raise UserError(f"{shown}: no rows (empty file)")
-    return rows
+def check_code_directory(root: Path, shown: str, pattern: str, where: str, key: str) -> None:
+    """At least one file under `root` that prepare will read; else one line saying what `pattern` matched."""
+    skipped: Counter[str] = Counter()
+    for _, reason in code_files(root, pattern):
+        if reason is None:
+            return
+        skipped[reason] += 1
+    found = f"skipped: {', '.join(f'{n} {why}' for why, n in skipped.most_common())}" if skipped else "no files"
+    raise UserError(f"{where}: data.{key}: nothing to read in {shown} with data.glob {pattern!r} ({found})")

@@ -13,7 +13,6 @@ else in a path field is a hub id. Every later step sees absolute paths, so the l
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 import recipes
 from jobs.spec.errors import UserError, did_you_mean
 from jobs.spec.schema import Recipe, RuleError
+from launchers.recipe.user_files import read_text
+from launchers.recipe.yaml_text import MAX_DEPTH, load_bounded
 
 RECIPES_ROOT = Path(recipes.__file__).resolve().parent
 NOT_MODELS = {"accelerate", "assets", "__pycache__"}
@@ -44,26 +45,6 @@ PATH_FIELDS = (
 KeyPath = tuple[str, ...]
 
 
-class RecipeLoader(yaml.SafeLoader):
-    """YAML without 1.1's base-60 numbers (`time: 12:00:00` stays the string SLURM expects, not 43200), and with
-    YAML 1.2's `1e-4` as a float."""
-
-
-RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if not tag.endswith((":int", ":float"))]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789")
-)
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"
-               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
 @dataclass(frozen=True)
 class Origin:
     """Where a value was written: a file and line, or a command-line override."""
@@ -78,7 +59,11 @@ class Origin:
 def display_path(path: Path) -> str:
     """A path as users typed it: relative to the working directory when under it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        absolute = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: where the user's path points to, without following it
+        absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 
@@ -86,22 +71,16 @@ def display_path(path: Path) -> str:
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
     """A YAML mapping and the origin (file:line) of every key in it."""
     shown = display_path(path)
+    text = read_text(path, shown)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"{shown}: cannot read: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{shown}: not UTF-8 text") from None
-    try:
-        node = yaml.compose(text, Loader=RecipeLoader)
-        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+        node, data = load_bounded(text, shown)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown
         raise UserError(f"{where}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
     except ValueError as err:  # an integer of thousands of digits: Python refuses to convert it
         raise UserError(f"{shown}: a value is not a usable number ({str(err).split(':')[0]})") from None
-    if data is None:
+    if node is None or data is None:
         return {}, {}
     if not isinstance(data, dict):
         raise UserError(f"{shown}:1: a recipe file must be a mapping of sections, got {type(data).__name__}")
@@ -134,8 +113,11 @@ def parse_override(text: str, label: str | None = None) -> tuple[dict[str, Any],
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override {text!r}: expected key.path=value, e.g. training.learning_rate=1e-4")
+    if key.count(".") >= MAX_DEPTH:
+        raise UserError(f"override {key[:60]}...: a key path of {key.count('.') + 1} parts; recipe keys are at "
+                        f"most {MAX_DEPTH} deep (e.g. method.lora.r)")
     try:
-        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else ""  # noqa: S506 - a SafeLoader
+        value = load_bounded(raw, f"override {key}", lines=False)[1] if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     except ValueError as err:  # an integer of thousands of digits: Python refuses to convert it

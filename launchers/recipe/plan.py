@@ -1,4 +1,5 @@
-"""Deriving the plan (`jobs.spec.plan.Plan`): every number derived from a recipe, computed once, checked against the accelerate config.
+"""Deriving the plan (`jobs.spec.plan.Plan`): every number derived from a recipe, computed once, checked against
+the accelerate config.
 
 World size comes from the resources; gradient accumulation from the global batch when the recipe gives one;
 precision from the model dtype (or the QLoRA compute dtype). The accelerate YAML and the DeepSpeed JSON may leave
@@ -12,7 +13,6 @@ never two numbers for one thing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from jobs.spec.errors import UserError
 from jobs.spec.plan import Plan, Precision
 from jobs.spec.schema import Recipe
 from launchers.recipe.load import RECIPES_ROOT, Resolved, display_path, read_yaml
+from launchers.recipe.user_files import parse_json, read_text
 
 ACCELERATE_DIR = RECIPES_ROOT / "accelerate"
 DISTRIBUTED_TYPE = {"ddp": "MULTI_GPU", "deepspeed-zero3": "DEEPSPEED", "fsdp": "FSDP"}
@@ -79,7 +80,8 @@ def make_plan(resolved: Resolved) -> Plan:
     if config_path is not None:
         accelerate, origins = read_yaml(config_path)
         checker = _ConfigChecker(config_path, origins)
-        checker.expect("distributed_type", accelerate.get("distributed_type"), DISTRIBUTED_TYPE[recipe.distributed.backend],
+        checker.expect("distributed_type", accelerate.get("distributed_type"),
+                       DISTRIBUTED_TYPE[recipe.distributed.backend],
                        why=f"distributed.backend is {recipe.distributed.backend}")
         checker.agree("mixed_precision", accelerate.get("mixed_precision"), precision, "the recipe's dtype")
         checker.agree("num_machines", accelerate.get("num_machines"), nodes, "resources.nodes")
@@ -132,7 +134,7 @@ def _accelerate_path(resolved: Resolved) -> Path | None:
         raise UserError(f"{resolved.where('distributed', 'accelerate_config')}: distributed.accelerate_config: "
                         "backend single runs without accelerate's launcher config: remove it or choose a backend")
     path = Path(recipe.distributed.accelerate_config)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{resolved.where('distributed', 'accelerate_config')}: distributed.accelerate_config: "
                         f"no such file {display_path(path)}")
     return path
@@ -141,14 +143,13 @@ def _accelerate_path(resolved: Resolved) -> Path | None:
 def _read_deepspeed_json(accelerate_path: Path, reference: str) -> dict[str, Any]:
     """The DeepSpeed JSON an accelerate config points to (relative to the repository root or to the YAML)."""
     candidates = [Path(reference), RECIPES_ROOT.parent / reference, accelerate_path.parent / reference]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = next((p for p in candidates if p.exists()), None)
     if path is None:
         raise UserError(f"{display_path(accelerate_path)}: deepspeed_config.deepspeed_config_file: "
                         f"no such file {reference}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{display_path(path)}:{err.lineno}: invalid JSON: {err.msg}") from None
+    data = parse_json(read_text(path, display_path(path)), display_path(path))
+    if not isinstance(data, dict):
+        raise UserError(f"{display_path(path)}: a DeepSpeed config is a JSON object, got {type(data).__name__}")
     data["__path__"] = str(path)
     return data
 

@@ -487,7 +487,7 @@ DATA_CASES = [
     ),
     pytest.param(
         "train.jsonl", (GOOD_ROW + "[1, 2]\n").encode(),
-        f"{SHOWN}/train.jsonl:2: ", ("expected a JSON object per line, got list",), id="row-not-an-object",
+        f"{SHOWN}/train.jsonl:2: ", ("expected a JSON object per row, got list",), id="row-not-an-object",
     ),
     pytest.param(
         "train.jsonl", GOOD_ROW.encode() + b'{"prompt": "\xff", "completion": "x"}\n',

@@ -7,6 +7,7 @@ strings inside code (they stay text), and the cache key (content, not names, dec
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,20 @@ def test_a_source_directory_keeps_code_and_counts_what_it_skips(tmp_path: Path) 
     assert sorted(rows["content"]) == ["def f():\n    return 1\n", "x = 'héllo ✓'\n"]
     assert dict(report.skipped) == {"binary": 1, "not UTF-8": 1, "empty": 1, "vendored or hidden directory": 1,
                                     "over 1 MB": 1}
+
+
+def test_a_source_directory_never_reads_outside_itself_or_blocks(tmp_path: Path) -> None:
+    """A symlink out of the directory, a FIFO and a symlink loop under it: skipped or ignored, never read."""
+    root = code_tree(tmp_path / "src")
+    (tmp_path / "secret.py").write_text("TOKEN = 'not for training'\n")
+    (root / "leak.py").symlink_to(tmp_path / "secret.py")
+    os.mkfifo(root / "pipe.py")
+    (root / "loop.py").symlink_to(root / "loop.py")
+    data = resolve("full-ft", "tiny-starcoder", [f"data.source={root}"]).recipe.data
+    report = SourceReport()
+    rows = load_rows(data.source, data, report)
+    assert not any("TOKEN" in text for text in rows["content"])
+    assert report.skipped["outside the source directory"] == 1
 
 
 def test_a_document_longer_than_every_sequence_spans_packed_rows(tmp_path: Path, tokenizer: object) -> None:

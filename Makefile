@@ -1,5 +1,5 @@
 # Set-up and the two README commands. Works on a fresh Debian/Ubuntu machine with python3 (>= 3.11) and make.
-#   make demo   # set up, then train tiny-starcoder three ways (full-ft, lora, qlora) on this CPU
+#   make demo   # set up, train tiny-starcoder three ways (full-ft, lora, qlora) on the same data here, compare them
 #   make test   # set up, then the whole test suite (unit, integration, cluster: a real 2-node SLURM cluster, as root)
 # On a GPU cluster, install into your own environment instead (see README: "Install on a cluster").
 
@@ -23,10 +23,14 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	DS_BUILD_OPS=0 $(PIP) --no-build-isolation 'deepspeed>=0.17,<1'
 	touch $@
 
+DEMO := demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: setup
-	$(BIN)/launch full-ft tiny-starcoder --local
-	$(BIN)/launch lora tiny-starcoder --local
-	$(BIN)/launch qlora tiny-starcoder --local
+	$(BIN)/launch full-ft tiny-starcoder --local --name $(DEMO)-full-ft
+	$(BIN)/launch lora tiny-starcoder --local --name $(DEMO)-lora
+	$(BIN)/launch qlora tiny-starcoder --local --name $(DEMO)-qlora
+	$(BIN)/launch compare $(DEMO)-full-ft $(DEMO)-lora $(DEMO)-qlora
+	@echo "In MLflow's UI: $(BIN)/launch mlflow-server, then open http://127.0.0.1:5000 (experiment tiny-starcoder)"
 
 test: setup
 	$(BIN)/python -m pytest --durations=15

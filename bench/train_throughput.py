@@ -53,7 +53,8 @@ def run_ours(workdir: Path, steps: int, index: int) -> dict[str, float]:
     name = f"ours{index}"
     subprocess.run([sys.executable, "-m", "launchers.cli.main", "lora", "tiny-starcoder", "--debug", "--stages",
                     "prepare,train", "--name", name, f"training.max_steps={steps}", "training.save_steps=100000",
-                    "training.eval_steps=100000", "data.eval_fraction=0", "training.logging_steps=10"],
+                    "training.eval_steps=100000", "data.eval_fraction=0", "training.logging_steps=10",
+                    f"data.source={DATA}", "data.format=prompt_completion", "data.packing=false"],
                    cwd=workdir, env=env(), capture_output=True, text=True, check=True, timeout=1800)
     metrics = json.loads((workdir / "runs" / "tiny-starcoder" / name / "last_metrics.json").read_text())
     return {"runtime": metrics["metrics"]["summary/runtime"], "steps": metrics["step"]}

@@ -40,7 +40,12 @@ def recipe_tags(recipe: Any) -> dict[str, str]:
     if recipe is None:
         return {}
     return {"clusterft.recipe": recipe.name, "clusterft.method": recipe.method.kind,
-            "clusterft.model_name": recipe.model_name}
+            "clusterft.model_name": recipe.model_name, "clusterft.data_name": data_name(recipe.data.source)}
+
+
+def data_name(source: str) -> str:
+    """How a person names the data: a local file or directory by its name, a hub dataset by its id."""
+    return Path(source).name if Path(source).is_absolute() else source
 
 
 def parent_tags(run: RunDir, recipe: Any, plan: Any) -> dict[str, str]:
@@ -52,7 +57,8 @@ def parent_tags(run: RunDir, recipe: Any, plan: Any) -> dict[str, str]:
                      "clusterft.gpus_per_node": str(resources.gpus_per_node),
                      "clusterft.gpu_type": resources.gpu_type or "none"})
     if plan is not None:
-        tags.update({"clusterft.nodes": str(plan.nodes), "clusterft.world_size": str(plan.world_size)})
+        tags.update({"clusterft.nodes": str(plan.nodes), "clusterft.world_size": str(plan.world_size),
+                     "clusterft.tokens_per_step": str(plan.tokens_per_step)})
     return {**tags, **launch_tags(run)}
 
 

@@ -110,8 +110,9 @@ def cmd_resume(argv: Sequence[str]) -> int:
 def cmd_compare(argv: Sequence[str]) -> int:
     parser = Parser(prog="launch compare", description=(
         "Compare runs: final and best metrics side by side; runs of the same model and data are paired (full vs\n"
-        "qlora: eval loss difference, speed and compute ratios); eval loss, train loss and learning rate against step\n"
-        "as one PNG per group. The table and the PNG are logged to each compared run's parent MLflow run."),
+        "qlora: eval loss difference, speed and compute ratios); eval loss, train loss and learning rate against\n"
+        "tokens seen as one PNG per group. The table and the PNG are logged once to each compared run's parent\n"
+        "MLflow run (comparing the same finished runs again logs nothing new)."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", metavar="RUN", help="run name or experiment/name (default: every run of "
                         "--experiment, else every run in the MLflow store)")
@@ -119,6 +120,8 @@ def cmd_compare(argv: Sequence[str]) -> int:
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text", help="output (default: text)")
     parser.add_argument("--output", metavar="PNG", help="the plot (default: <runs root>/compare/<timestamp>-<group>.png;"
                         " several groups: PNG-<group>.png; a directory: the default names in it)")
+    parser.add_argument("--x", choices=("tokens", "step"), default="tokens",
+                        help="the plots' x axis: tokens seen (default; methods differ in tokens per step) or step")
     parser.add_argument("--print-only", action="store_true",
                         help="print the comparison only: write no PNG and log nothing to MLflow")
     runs_arguments(parser)
@@ -127,7 +130,7 @@ def cmd_compare(argv: Sequence[str]) -> int:
     from launchers.compare import compare
 
     print(compare(runs_root(args.runs_dir), args.runs, args.experiment, args.format, args.output,
-                  write=not args.print_only), end="")
+                  write=not args.print_only, x=args.x), end="")
     return 0
 
 

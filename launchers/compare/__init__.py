@@ -14,10 +14,11 @@ Runs of the same model and data (equal clusterft.model_name and clusterft.data) 
 two runs of different methods are paired ("full vs qlora": eval loss difference, speed and compute ratios). A run
 whose model and data no other selected run shares goes to one last group, "other runs" (never paired).
 
-Each group gets one PNG (three panels side by side: eval loss, train loss and learning rate against step; one line
-per run), written to <runs root>/compare/<timestamp>-<group>.png, or to --output (with several groups:
-<output stem>-<group>.png; an existing directory: the default names inside it). Every compared run's parent run
-gets the table (compare.txt, compare.csv) and its group's PNG as artifacts under compare/<timestamp>/.
+Each group gets one PNG (three panels side by side: eval loss, train loss and learning rate against tokens seen, or
+step with --x step; one line per run), written to <runs root>/compare/<timestamp>-<group>.png, or to --output (with
+several groups: <output stem>-<group>.png; an existing directory: the default names inside it). Every compared run's
+parent run gets the table (compare.txt, compare.csv) and its group's PNG as artifacts under compare/<digest>/, once:
+the digest is of the table itself, so comparing the same finished runs again logs nothing new.
 
 MLflow and matplotlib are imported inside functions only: `launch --help` stays fast. This module runs the command;
 data.py holds the runs and their groups, store.py the MLflow side, table.py the text/CSV/JSON output, plot.py the PNGs.
@@ -25,6 +26,7 @@ data.py holds the runs and their groups, store.py the MLflow side, table.py the 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,8 +41,9 @@ FORMATS = ("text", "csv", "json")
 
 
 def compare(root: Path, refs: Sequence[str] = (), experiment: str | None = None, fmt: str = "text",
-            output: str | Path | None = None, write: bool = True) -> str:
-    """What `launch compare` prints on stdout. With `write`, also the PNGs and the artifacts on each parent run."""
+            output: str | Path | None = None, write: bool = True, x: str = "tokens") -> str:
+    """What `launch compare` prints on stdout. With `write`, also the PNGs (against `x`: tokens or step) and the
+    artifacts on each parent run."""
     if fmt not in FORMATS:
         raise UserError(f"flag --format {fmt}: {did_you_mean(fmt, FORMATS)}")
     comparison = collect(root, refs, experiment)
@@ -48,9 +51,10 @@ def compare(root: Path, refs: Sequence[str] = (), experiment: str | None = None,
     plots: dict[str, Path] = {}
     logged = None
     if write:
-        plots = write_plots(comparison, plot_paths(comparison.groups, root, output, stamp))
+        plots = write_plots(comparison, plot_paths(comparison.groups, root, output, stamp), x)
         texts = {"compare.txt": to_text(comparison) + "\n", "compare.csv": to_csv(comparison)}
-        logged = log_artifacts(comparison, texts, plots, f"compare/{stamp}")
+        digest = hashlib.sha256(texts["compare.csv"].encode()).hexdigest()[:12]
+        logged = log_artifacts(comparison, texts, plots, f"compare/{digest}")
     return render(comparison, fmt, plots, logged)
 
 

@@ -48,6 +48,17 @@ class RunSummary:
     def data(self) -> str:
         return self.tags.get("clusterft.data", "")
 
+    @property
+    def data_name(self) -> str:
+        """The data's file name or hub id (runs launched before this tag existed: the start of the data hash)."""
+        return self.tags.get("clusterft.data_name") or self.data[:12]
+
+    def tokens_seen(self, step: int) -> int | None:
+        """Tokens trained on by `step` (the plan's tokens per optimizer step: micro batch × accumulation × world ×
+        sequence length; padded tokens count, as the step time does)."""
+        per_step = self.tag_int("tokens_per_step")
+        return None if per_step is None else step * per_step
+
     def tag_int(self, key: str) -> int | None:
         try:
             return int(self.tags[f"clusterft.{key}"])
@@ -198,8 +209,8 @@ def group(runs: list[RunSummary]) -> list[Group]:
         elif members is not None:
             members.sort(key=method_rank)
             methods = " vs ".join(dict.fromkeys(m.method for m in members))
-            groups.append(Group(f"{key[0]}, data {key[1][:12]}: {methods}", slugify(f"{key[0]}-{key[1][:8]}"),
-                                members, paired=True))
+            groups.append(Group(f"{key[0]}, data {members[0].data_name}: {methods}",
+                                slugify(f"{key[0]}-{key[1][:8]}"), members, paired=True))
     if others:
         slug = slugify(others[0].name) if len(others) == 1 else "other"
         groups.append(Group("other runs" if groups else "runs", slug, others, paired=False))

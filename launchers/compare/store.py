@@ -212,11 +212,15 @@ def summarise(store: Store, parent: Any) -> RunSummary:
     return summary
 
 
+def _has_artifacts(client: Any, run_id: str, path: str) -> bool:
+    return bool(client.list_artifacts(run_id, path))
+
+
 def log_artifacts(comparison: Comparison, texts: dict[str, str], plots: dict[str, Path],
                   artifact_path: str) -> str | None:
-    """The tables (file name → text: compare.txt, compare.csv) to every compared parent run, and its group's PNG; a
-    failure is a warning (the comparison itself is printed anyway). Returns the artifact path, or None when nothing
-    could be logged."""
+    """The tables (file name → text: compare.txt, compare.csv) to every compared parent run that does not hold
+    `artifact_path` yet, and its group's PNG; a failure is a warning (the comparison itself is printed anyway).
+    Returns the artifact path, or None when nothing could be logged."""
     with tempfile.TemporaryDirectory(prefix="clusterft-compare-") as folder:
         tables = [Path(folder) / name for name in texts]
         for path, text in zip(tables, texts.values()):
@@ -225,6 +229,8 @@ def log_artifacts(comparison: Comparison, texts: dict[str, str], plots: dict[str
             for g in comparison.groups:
                 files = [*tables, *([plots[g.slug]] if g.slug in plots else [])]
                 for run in g.runs:
+                    if _has_artifacts(comparison.client, run.parent_id, artifact_path):
+                        continue
                     for path in files:
                         comparison.client.log_artifact(run.parent_id, str(path), artifact_path=artifact_path)
         except Exception as err:  # noqa: BLE001 - any artifact store's failure (S3, a server, a disk): a warning

@@ -14,8 +14,8 @@ from jobs.spec.rundir import public_uri
 from launchers.compare.data import Comparison, Delta, RunSummary
 from launchers.text import table
 
-HEADER = ("RUN", "RECIPE", "METHOD", "STEPS", "EVAL LOSS", "BEST EVAL (STEP)", "TRAIN LOSS", "TOKENS/S", "COMPUTE",
-          "PEAK MEM", "HUMANEVAL@1", "FIM EM", "HELDOUT LOSS")
+HEADER = ("RUN", "RECIPE", "METHOD", "STEPS", "LAST EVAL LOSS", "BEST EVAL (STEP)", "LAST TRAIN LOSS",
+          "MEDIAN TOKENS/S", "COMPUTE", "PEAK MEM", "HUMANEVAL@1", "FIM EM", "HELDOUT LOSS")
 CSV_FIELDS = ("experiment", "run", "recipe", "method", "model", "model_name", "data", "status", "steps",
               "final_eval_loss", "best_eval_loss", "best_eval_step", "final_train_loss", "median_tokens_per_s",
               "world_size", "gpus_per_node", "nodes", "gpu_type", "restarts", "train_seconds", "gpu_hours",

@@ -155,13 +155,13 @@ OVERRIDE_AND_FLAG_CASES = [
         id="missing-data-file",
     ),
     pytest.param(
-        ["lora", "tiny-starcoder", "data.source=./", "--dry-run"],
+        ["lora", "tiny-starcoder", "data.format=prompt_completion", "data.source=./", "--dry-run"],
         "override data.source=./: data.source: ",
         ("is a directory", "only format code reads directories", "prompt_completion"),
         id="data-directory-for-non-code",
     ),
     pytest.param(
-        ["lora", "tiny-starcoder", "data.fields={bogus: text}", "--dry-run"],
+        ["lora", "tiny-starcoder", "data.format=prompt_completion", "data.fields={bogus: text}", "--dry-run"],
         "override data.fields={bogus: text}: data.fields: ",
         ("renames bogus", "allowed: prompt, completion"),
         id="data-fields-unknown-column",
@@ -511,7 +511,8 @@ def test_bad_data_file(
     recipe = user_catalog / "lora.yaml"
     assert line_of(recipe, "source:") == 12  # the unsupported-suffix case names this line
     text = recipe.read_text()
-    recipe.write_text(text.replace(text.splitlines()[11], f"  source: ./{filename}"))
+    text = text.replace(text.splitlines()[11], f"  source: ./{filename}")
+    recipe.write_text(text.replace("format: code", "format: prompt_completion"))
     (user_catalog / filename).write_bytes(content)
     assert_rejected(launch("lora", "tiny-starcoder", "--dry-run"), prefix, says, tmp_path / "runs")
 

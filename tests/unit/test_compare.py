@@ -175,9 +175,9 @@ def test_text_table_groups_runs_with_a_delta_line(store: tuple[Path, dict[str, s
     text = render(collect(root), "text")
     lines = text.splitlines()
     assert lines[0].startswith(f"starcoder15b, data {DATA[:12]}: full vs qlora")
-    assert lines[1].split() == ["RUN", "RECIPE", "METHOD", "STEPS", "EVAL", "LOSS", "BEST", "EVAL", "(STEP)",
-                                "TRAIN", "LOSS", "TOKENS/S", "COMPUTE", "PEAK", "MEM", "HUMANEVAL@1", "FIM", "EM",
-                                "HELDOUT", "LOSS"]
+    assert lines[1].split() == ["RUN", "RECIPE", "METHOD", "STEPS", "LAST", "EVAL", "LOSS", "BEST", "EVAL",
+                                "(STEP)", "LAST", "TRAIN", "LOSS", "MEDIAN", "TOKENS/S", "COMPUTE", "PEAK", "MEM",
+                                "HUMANEVAL@1", "FIM", "EM", "HELDOUT", "LOSS"]
     full = next(line for line in lines if "starcoder15b/sc-full " in line).split()
     assert full[1:7] == ["starcoder15b/full-ft", "full", "400", "1.1500", "1.1000", "@300"]
     assert "32.00 GPU-h" in lines[2] and "61.2 GB" in lines[2] and lines[2].split()[-3:] == ["0.35", "0.2500", "1.0500"]
@@ -232,7 +232,39 @@ def test_one_png_per_group_with_three_panels(written: dict[str, Any], store: tup
     assert all(ax.get_xlabel() == "step" for ax in axes)
     runs_drawn = [[line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] for ax in axes]
     assert runs_drawn == [["sc-full (full)", "sc-qlora (qlora)"]] * 3  # one line per run (plus a star: best eval)
-    assert figure(pair).legends[0].get_texts()[0].get_text() == "sc-full (full)"
+    legend = [text.get_text() for text in figure(pair).legends[0].get_texts()]
+    assert legend == ["sc-full (full)", "sc-qlora (qlora)", "best eval loss"]
+
+
+def test_plots_are_against_tokens_seen_when_runs_say_their_tokens_per_step(store: tuple[Path, dict[str, str]]) -> None:
+    """Full FT at 4× the tokens per step of QLoRA: at the same step it has seen 4× the data, and the plot says so."""
+    root, _ = store
+    pair = collect(root, experiment="starcoder15b").groups[0]
+    full, qlora = pair.runs
+    full.tags["clusterft.tokens_per_step"], qlora.tags["clusterft.tokens_per_step"] = "4096", "1024"
+    full.tags["clusterft.data_name"] = qlora.tags["clusterft.data_name"] = "hf-stack-v1"
+    axes = figure(pair).axes
+    assert all(ax.get_xlabel() == "tokens seen" for ax in axes)
+    full_line, qlora_line = (line for line in axes[0].get_lines() if not line.get_label().startswith("_"))
+    assert list(full_line.get_xdata()) == [100 * 4096, 200 * 4096, 300 * 4096, 400 * 4096]
+    assert list(qlora_line.get_xdata()) == [100 * 1024, 200 * 1024, 300 * 1024, 400 * 1024]
+    assert all(ax.get_xlabel() == "step" for ax in figure(pair, "step").axes)
+    assert [ax.get_ylabel() for ax in axes] == ["eval loss (nats/token)", "train loss (nats/token)", "learning rate"]
+    from launchers.compare.data import group
+
+    assert group(pair.runs)[0].title == "starcoder15b, data hf-stack-v1: full vs qlora"  # the data by its name
+
+
+def test_comparing_the_same_runs_again_logs_nothing_new(store: tuple[Path, dict[str, str]]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    root, ids = store
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    before = [f.path for f in client.list_artifacts(ids["sc-full"], "compare")]
+    for _ in range(2):
+        compare(root, ["sc-full", "sc-qlora"], fmt="json")
+    after = [f.path for f in client.list_artifacts(ids["sc-full"], "compare")]
+    assert len(after) <= len(before) + 1  # one new folder at most: this comparison's, logged once
 
 
 def test_table_and_group_png_are_artifacts_of_each_parent(written: dict[str, Any],

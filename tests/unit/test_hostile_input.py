@@ -148,7 +148,8 @@ def use_data(model: Path, source: str, *extra: str) -> None:
     recipe = model / "lora.yaml"
     lines = recipe.read_text(encoding="utf-8").splitlines()
     lines[line_of(recipe, "source:") - 1] = f"  source: {source}"
-    recipe.write_text("\n".join(lines + list(extra)) + "\n", encoding="utf-8")
+    text = "\n".join(lines + list(extra)) + "\n"
+    recipe.write_text(text.replace("format: code", "format: prompt_completion"), encoding="utf-8")
 
 
 ROW_CASES = [
@@ -231,7 +232,7 @@ def test_code_directory_globs_stay_inside(launch: Launch, tmp_path: Path, user_c
     (repo / "link.py").symlink_to(tmp_path / "secret.py")
     use_data(user_catalog, str(repo))
     recipe = user_catalog / "lora.yaml"
-    lines = recipe.read_text().replace("format: prompt_completion", "format: code").splitlines()
+    lines = recipe.read_text().replace("format: prompt_completion", "format: code").splitlines()  # back to code
     lines.insert(line_of(recipe, "source:"), f"  glob: {glob}")
     recipe.write_text("\n".join(lines) + "\n")
     result = launch("lora", "tiny-starcoder", "--dry-run")

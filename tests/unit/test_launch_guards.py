@@ -39,7 +39,8 @@ def test_a_relative_data_path_is_checked_like_any_local_file(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.jsonl").write_text('{"prompt": "a", "completion": "b"}\nnot json\n')
-    code, _, err = run(capsys, "lora", "tiny-starcoder", "--dry-run", "data.source=mine.jsonl")
+    code, _, err = run(capsys, "lora", "tiny-starcoder", "--dry-run", "data.source=mine.jsonl",
+                          "data.format=prompt_completion")
     assert code == 2 and err.startswith("launch: error: mine.jsonl:2: invalid JSON")
 
 

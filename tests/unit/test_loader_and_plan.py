@@ -155,7 +155,7 @@ def test_origins_are_relative_to_the_working_directory(monkeypatch: pytest.Monke
 
 def test_local_paths_resolve_against_the_file_that_wrote_them(tmp_path: Path) -> None:
     recipe = resolve("lora", "tiny-starcoder").recipe
-    assert recipe.data.source == str(RECIPES_ROOT / "assets" / "data" / "prompt_completion.jsonl")
+    assert recipe.data.source == str(RECIPES_ROOT / "assets" / "data" / "code.jsonl")
     assert recipe.model.config == str(TINY / "config.json")
     assert recipe.model.tokenizer == str(RECIPES_ROOT / "assets" / "tokenizer")
     assert recipe.model.name_or_path == "tiny-starcoder"  # not a local path: a hub id / name

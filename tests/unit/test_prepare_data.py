@@ -76,7 +76,8 @@ def test_a_document_longer_than_every_sequence_spans_packed_rows(tmp_path: Path,
 def test_without_packing_a_long_document_is_truncated_and_counted(tmp_path: Path, tokenizer: object) -> None:
     source = tmp_path / "long.jsonl"
     source.write_text('{"prompt": "p", "completion": "' + "word " * 3000 + '"}\n')
-    recipe = resolve("lora", "tiny-starcoder", [f"data.source={source}", "data.eval_fraction=0"]).recipe
+    recipe = resolve("lora", "tiny-starcoder", [f"data.source={source}", "data.eval_fraction=0",
+                                                "data.format=prompt_completion", "data.packing=false"]).recipe
     report = build_cache(recipe, tokenizer, tmp_path / "cache", "k")
     assert report.splits["train"].truncated == 1
     assert len(load_prepared(tmp_path / "cache")["train"][0]["input_ids"]) == recipe.data.seq_length

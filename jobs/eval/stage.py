@@ -48,6 +48,7 @@ from jobs.spec.schema import EvalSpec, Recipe
 
 def evaluate(recipe: Recipe, plan: Plan, context: RankContext) -> str:
     """The stage: every rank generates its share, rank 0 scores, writes the results and logs them."""
+    from jobs.track.summary import eval_summary
     from jobs.track.tracker import Tracker
 
     claim_gpu(context)
@@ -56,6 +57,7 @@ def evaluate(recipe: Recipe, plan: Plan, context: RankContext) -> str:
         out, record = evaluate_run(run, recipe, context)
         if out is not None:
             tracker.log_metrics({f"eval/{name}": value for name, value in record["metrics"].items()}, step=0)
+            tracker.log_summary(eval_summary(record["metrics"]))
             tracker.set_tags({"clusterft.eval.engine": record["engine"]})
             for path in sorted(out.iterdir()):
                 tracker.log_artifact(path, "results")

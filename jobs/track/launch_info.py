@@ -2,14 +2,11 @@
 
     tags = parent_tags(run, recipe, plan)     # the parent run's clusterft.* tags (and mlflow.source.git.commit)
     tags = launch_tags(run)                   # the ones that change while the launch runs: job ids, restarts
-    short, long = launch_params(recipe, plan) # the parent run's params, and the values too long to be one
-
-Params longer than MAX_PARAM_CHARS (500: what every MLflow server accepts; MLflow 3 takes 6000) are logged as a
-short pointer and written whole, redacted, to <run>/params-long.json, an artifact of the parent run.
+    params = launch_params(recipe, plan)      # the parent run's params: what a person compares (method, lr, ...)
 
 Pure functions, no MLflow: jobs.track.tracker spools what they return. Tested through the Tracker by
-tests/unit/test_tracking_redaction.py (params redacted, a long value in params-long.json) and
-tests/integration/test_mlflow_tracking.py (every tag of a real launch).
+tests/unit/test_tracking_redaction.py (nothing secret reaches the store) and tests/integration/test_mlflow_tracking.py
+(every tag and param of a real launch).
 """
 
 from __future__ import annotations
@@ -21,19 +18,6 @@ from typing import Any
 from jobs.spec.redaction import redact_value
 from jobs.spec.rundir import RunDir
 from jobs.track.provenance import git_commit
-
-MAX_PARAM_CHARS = 500
-LONG_PARAMS_FILE = "params-long.json"
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def recipe_tags(recipe: Any) -> dict[str, str]:
@@ -79,20 +63,26 @@ def requeues(run_dir: Path) -> int:
     return sum(max(0, n - 1) for n in counts.values())
 
 
-def launch_params(recipe: Any, plan: Any) -> tuple[dict[str, str], dict[str, Any]]:
-    """The resolved recipe and plan as redacted dot keys: (params, with a pointer to LONG_PARAMS_FILE for each value
-    longer than MAX_PARAM_CHARS; those values whole)."""
-    params: dict[str, Any] = {"recipe": recipe.model_dump(mode="json")}
+def launch_params(recipe: Any, plan: Any) -> dict[str, str]:
+    """The params a person compares between launches, under short names (MLflow's runs table shows them as
+    columns); the whole recipe and plan are the parent's recipe.yaml and plan.json artifacts."""
+    training, lora, quantization = recipe.training, recipe.method.lora, recipe.method.quantization
+    params: dict[str, Any] = {
+        "method": recipe.method.kind, "model": recipe.model.name_or_path, "backend": recipe.distributed.backend,
+        "learning_rate": training.learning_rate, "lr_scheduler": training.lr_scheduler,
+        "steps": training.max_steps if training.max_steps else f"{training.epochs} epochs",
+        "micro_batch": training.per_device_batch_size, "seq_length": recipe.data.seq_length,
+        "gradient_checkpointing": training.gradient_checkpointing,
+    }
+    if lora is not None:
+        params.update(lora_r=lora.r, lora_alpha=lora.alpha)
+    if quantization is not None:
+        params["quantization"] = f"4-bit {quantization.quant_type}" + (" double" if quantization.double_quant else "")
     if plan is not None:
-        params["plan"] = {k: v for k, v in plan.as_dict().items() if k not in ("accelerate", "deepspeed")}
-    flat = {key: redact_value(key, value) for key, value in flatten(params).items()}
-    short: dict[str, str] = {}
-    long: dict[str, Any] = {}
-    for key, value in sorted(flat.items()):
-        text = str(value)
-        if len(text) <= MAX_PARAM_CHARS:
-            short[key] = text
-        else:
-            long[key] = value
-            short[key] = f"<{len(text)} characters: see {LONG_PARAMS_FILE}>"
-    return short, long
+        params.update(global_batch=plan.global_batch_size, nodes_x_ranks=f"{plan.nodes}x{plan.ranks_per_node}",
+                      precision=plan.precision)
+    estimate = getattr(plan, "estimate", None) or {}
+    if estimate:  # the planner's figures (launch plan): what was expected, next to what happened
+        params.update(planned_verdict=estimate["verdict"], planned_gb_per_gpu=estimate["per_gpu_gb"]["total"],
+                      planned_gpu_hours=estimate.get("gpu_hours"))
+    return {key: str(redact_value(key, value)) for key, value in params.items() if value is not None}

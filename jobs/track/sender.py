@@ -42,6 +42,7 @@ from jobs.track.spool import Spool, parse
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000  # MLflow's log_batch limits
 SPOOL_KEY_TAG = "clusterft.spool_key"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # The server refused the operation itself: retrying cannot help. Everything else (no connection, timeouts, 5xx,
 # 429, authentication) is transient: the line stays in the spool.
 PERMANENT_CODES = frozenset({
@@ -276,8 +277,9 @@ class Sender:
             location = None
             if self.uri.startswith("sqlite:"):  # the embedded store keeps artifacts next to it, in the runs root
                 location = (self.run.root / "mlartifacts" / name).as_uri()
-            try:
-                self.client.create_experiment(name, artifact_location=location)
+            try:  # a fine-tuning experiment: MLflow 3's UI opens it on runs and charts, not its GenAI pages
+                self.client.create_experiment(name, artifact_location=location,
+                                              tags={EXPERIMENT_KIND_TAG: "finetuning"})
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise

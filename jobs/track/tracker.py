@@ -1,11 +1,15 @@
 """MLflow tracking for a launch: one parent run, one child run per stage, written by global rank 0 only.
 
-Shape. The parent run (named after the run directory) holds what the launch is: the resolved recipe and plan as
-params, tags `clusterft.*` (recipe, method, model, model_name, data, run_dir, git_commit, nodes, gpus_per_node,
-world_size, gpu_type, container, slurm_job_ids, restarts, executor) and the files recipe.yaml, plan.json,
-launch.json and the sbatch scripts. Each stage (prepare, train, export, eval) is a child run (`<name>/<stage>`,
-tagged mlflow.parentRunId, clusterft.stage and the recipe tags) with its metrics and, at its end, its rank-0 logs
-and — for LoRA/QLoRA training — the adapter. Run ids live in <run>/mlflow.json ({"parent": id, "train": id, ...,
+Shape. The parent run (named after the run directory) holds what the launch is and how it went: the params a person
+compares (method, learning rate, LoRA r/alpha, quantization, batch, sequence length, nodes×ranks, back end, the
+planner's verdict: jobs.track.launch_info), summary metrics (train and eval loss, tokens/s, GPU-hours, peak memory,
+HumanEval and FIM scores: jobs.track.summary), tags `clusterft.*` (recipe, method, model_name, data, data_name,
+run_dir, git_commit, nodes, gpus_per_node, world_size, tokens_per_step, gpu_type, container, slurm_job_ids,
+restarts, executor) and the files recipe.yaml (the whole recipe), plan.json, launch.json and the sbatch scripts.
+Each stage (prepare, train, export, eval) is a child run (`<stage> · <name>`: the stage first, where MLflow's table
+truncates, tagged mlflow.parentRunId, clusterft.stage and the recipe tags) with its metrics and, at its end, its
+rank-0 logs and — for LoRA/QLoRA training — the adapter. An experiment the tracker creates is marked a fine-tuning
+experiment (tag mlflow.experimentKind), so MLflow 3's UI opens it on its runs and charts, not its GenAI pages. Run ids live in <run>/mlflow.json ({"parent": id, "train": id, ...,
 "tracking_uri": uri without credentials}); whichever stage starts first creates the parent, a requeued or relaunched
 stage continues its own child run.
 
@@ -19,11 +23,8 @@ train/loss for all of them, is read from the local spool, not asked of the serve
 Secrets. Params, tags and the files sent are redacted first (jobs.spec.redaction): keys named like secrets and values
 shaped like tokens become "***redacted***". The environment is never logged.
 
-Params longer than 500 characters are logged as a short pointer and written whole, redacted, to
-<run>/params-long.json, an artifact of the parent run (jobs.track.launch_info).
-
-Metrics of the train child: what the trainer logs (train/loss, train/learning_rate, train/grad_norm,
-train/tokens_per_s, eval/loss, summary/*), the prepare report (data/*), system metrics (system/*, see
+Metrics of the prepare child: its report (data/*, the counts that are not zero). Of the train child: what the trainer
+logs (train/loss, train/learning_rate, train/grad_norm, train/tokens_per_s, eval/loss, summary/*), system metrics (system/*, see
 jobs.track.system) every $CLUSTERFT_SYSTEM_METRICS_S seconds (default 15; 0 turns them off) and
 train/peak_memory_gb at the end.
 
@@ -51,7 +52,7 @@ from jobs.spec.context import RankContext
 from jobs.spec.redaction import redact_text, redact_value
 from jobs.spec.rundir import RunDir, public_uri, tracking_uri, write_atomic
 from jobs.spec.stages import TRACKED_STAGES
-from jobs.track.launch_info import LONG_PARAMS_FILE, launch_params, launch_tags, parent_tags, recipe_tags
+from jobs.track.launch_info import launch_params, launch_tags, parent_tags, recipe_tags
 from jobs.track.provenance import is_text, model_manifest, write_redacted
 from jobs.track.sender import Sender, fast_http
 from jobs.track.sender_thread import SenderThread
@@ -74,6 +75,7 @@ class Tracker:
         tracker.set_data(cache_key)            # clusterft.data on the parent
         tracker.log_metrics({"train/loss": 1.2}, step=10)
         tracker.log_final(run.final, "lora")   # the adapter, or a full model's size and sha256
+        tracker.log_summary({"train_loss": 0.9})  # metrics of the parent run (jobs.track.summary)
         tracker.finish("FINISHED")             # logs, end status, bounded flush
 
     or `with Tracker(context, "export", recipe, plan) as tracker: ...` (FINISHED, FAILED, or KILLED on exit).
@@ -125,10 +127,17 @@ class Tracker:
         if values:
             self._log_values(values, step)
 
+    def log_summary(self, values: dict[str, float]) -> None:
+        """Summary metrics on the parent run (jobs.track.summary): the runs table's columns in MLflow's UI."""
+        if self._active() and values:
+            self._append("parent", {"op": "metrics", "run": "parent", "step": 0, "time": now_ms(),
+                                    "values": {key: float(value) for key, value in values.items()}})
+
     def log_data_report(self, report: dict[str, Any]) -> None:
-        """The prepare report as data/<split>/<number> metrics at step 0."""
+        """The prepare report as data/<split>/<number> metrics at step 0; zero counts stay in the report only (a
+        chart per zero buries the numbers that matter)."""
         self.log_metrics({f"data/{split}/{key}": float(value) for split, numbers in report.get("splits", {}).items()
-                          for key, value in numbers.items() if isinstance(value, int | float)}, step=0)
+                          for key, value in numbers.items() if isinstance(value, int | float) and value}, step=0)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags on this stage's run (redacted)."""
@@ -218,7 +227,7 @@ class Tracker:
             tags = {**recipe_tags(self.recipe), "clusterft.stage": self.stage,
                     "clusterft.restarts": str(self._stage_restarts())}
             self._append(self.stage, {"op": "create", "run": self.stage, "parent": "parent",
-                                      "experiment": self.run.experiment, "name": f"{self.run.name}/{self.stage}",
+                                      "experiment": self.run.experiment, "name": f"{self.stage} · {self.run.name}",
                                       "key": uuid.uuid4().hex, "time": now_ms(), "tags": _clean_tags(tags)})
         self._sender = SenderThread(Sender(self.run.path, self.uri), say=self._say)
         self._sender.start()
@@ -240,11 +249,7 @@ class Tracker:
     def _log_params(self) -> None:
         if self.recipe is None:
             return
-        short, long = launch_params(self.recipe, self.plan)
-        self._append("parent", {"op": "params", "run": "parent", "params": short})
-        if long:
-            write_atomic(self.run.path / LONG_PARAMS_FILE, json.dumps(long, indent=2, default=str) + "\n")
-            self._append("parent", {"op": "artifact", "run": "parent", "path": LONG_PARAMS_FILE, "dir": ""})
+        self._append("parent", {"op": "params", "run": "parent", "params": launch_params(self.recipe, self.plan)})
 
     def _log_launch_files(self) -> None:
         """recipe.yaml, plan.json, launch.json and the sbatch scripts on the parent (redacted copies; refreshed by

@@ -31,11 +31,13 @@ from trl import SFTConfig, SFTTrainer
 
 from jobs.common.device import claim_gpu
 from jobs.common.model import base_model_path, load_model, load_tokenizer, peft_config
-from jobs.prepare.stage import ensure_prepared, load_prepared, read_report
+from jobs.prepare.stage import ensure_prepared, load_prepared
 from jobs.spec.context import RankContext
 from jobs.spec.plan import Plan
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir, write_atomic
 from jobs.spec.schema import Recipe
+from jobs.track.summary import train_summary
+from jobs.track.system import peak_memory_gb
 from jobs.track.tracker import Tracker
 from jobs.train.checkpoints import (
     CompleteCheckpoints,
@@ -122,6 +124,7 @@ class ProgressCallback(TrainerCallback):
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops  # per device; None on CPU or an unknown GPU: no MFU
         self.last: tuple[float, int] | None = None
+        self.speeds: list[float] = []  # tokens/s of every logged window: the summary's median
         self.latest: dict[str, float] = {}  # the newest value of every metric, for `launch status`
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -146,6 +149,7 @@ class ProgressCallback(TrainerCallback):
             seconds = now - self.last[0]
             metrics["train/tokens_per_s"] = (state.global_step - self.last[1]) * self.tokens_per_step / seconds
             metrics["train/tokens_per_s_per_device"] = metrics["train/tokens_per_s"] / self.world_size
+            self.speeds.append(metrics["train/tokens_per_s"])
             if self.flops_per_token and self.peak_flops:
                 metrics["train/mfu"] = mfu(metrics["train/tokens_per_s_per_device"], self.flops_per_token,
                                            self.peak_flops)
@@ -204,6 +208,10 @@ def train(recipe: Recipe, plan: Plan, context: RankContext) -> str:
             tokenizer.save_pretrained(str(run.final))
             write_atomic(run.final / COMPLETE_MARKER, f"{recipe.name} step {trainer.state.global_step}\n")
             tracker.log_final(run.final, recipe.method.kind)
+            progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
+            tracker.log_summary(train_summary(trainer.state.log_history, progress.speeds, plan.world_size,
+                                              on_gpu=torch.cuda.is_available(),
+                                              peak_memory_gb=peak_memory_gb()))
             print(f"[train] done: {run.final}", flush=True)
     return str(run.final)
 
@@ -215,8 +223,6 @@ def build_trainer(recipe: Recipe, plan: Plan, context: RankContext, tracker: Tra
     prepared = ensure_prepared(recipe, context)
     tracker.set_data(prepared.name)
     datasets = load_prepared(prepared)
-    if context.is_main:
-        tracker.log_metrics(data_metrics(read_report(prepared)), step=0)
     tokenizer = load_tokenizer(recipe)
     args, model = load_for_training(recipe, plan, context, tokenizer)
     trainer = RunTrainer(
@@ -264,12 +270,6 @@ def model_flops(model: Any, seq_length: int, context: RankContext) -> tuple[floa
         return None, None
     device = torch.cuda.get_device_name(context.local_rank) if torch.cuda.is_available() else None
     return flops_per_token(model, seq_length), peak_flops(device)
-
-
-def data_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The prepare report as metrics: data/train/tokens, data/train/padding_fraction, ..."""
-    return {f"data/{split}/{key}": float(value) for split, numbers in report["splits"].items()
-            for key, value in numbers.items()}
 
 
 def _check_distributed(trainer: SFTTrainer, recipe: Recipe, plan: Plan) -> None:

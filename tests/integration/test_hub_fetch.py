@@ -52,6 +52,6 @@ def test_prepare_fetches_once_and_later_stages_run_offline(tmp_path: Path) -> No
 
     parent = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(
         json.loads((run / "mlflow.json").read_text())["parent"])
-    assert parent.data.params["plan.estimate.verdict"] == "fits"
+    assert parent.data.params["planned_verdict"] == "fits"
     assert (run / "final" / ".complete").exists()
     assert list(run.glob("export/v*/model/*.safetensors")), "the export found no base to merge into"

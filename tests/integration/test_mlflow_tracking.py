@@ -1,15 +1,15 @@
 """MLflow tracking against a real `mlflow server` (tests/integration/mlflow_server.py), through the real CLI.
 
-- shape: one parent run per launch (tags clusterft.*, the recipe and plan as params, recipe/plan/launch files),
-  one child run per stage (mlflow.parentRunId, clusterft.stage), train/* data/* system/* metrics, logs, adapter
+- shape: one parent run per launch (tags clusterft.*, the params a person compares, summary metrics,
+  recipe/plan/launch files), one child run per stage (mlflow.parentRunId, clusterft.stage), train/* system/* metrics
+  on train, data/* on prepare, logs, adapter; the experiment marked for fine-tuning
 - the server down from the start: training goes on, the runs are created late and the stage itself sends
   everything once the server is back — no `launch sync` needed
 - the server stopped mid-training and still down at the end: the launch finishes (it never hangs), the points stay
   spooled, and after a restart `sync_run` (launch sync) sends them: the train/loss history equals an uninterrupted
   run's, step for step and value for value, with no duplicate; a second sync sends nothing
-- a token-shaped secret and a 10,000-character value in the recipe: the long value is an artifact
-  (params-long.json), the secret and the tracking URI's password are nowhere in the server's store or artifacts, nor
-  in any file the tracker writes
+- a token-shaped secret in a 10,000-character value in the recipe: redacted in recipe.yaml; the secret and the
+  tracking URI's password are nowhere in the server's store or artifacts, nor in any file the tracker writes
 
 Every tiny run takes ~30-60 s on a 2-core CPU; the only time limits are generous hang guards.
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from jobs.track.spool import Spool
 from tests.integration.conftest import LAUNCH_TIMEOUT_S, assert_ok, launch, launch_env
@@ -140,8 +141,10 @@ def assert_shape(uri: str, run: Path, stages: tuple[str, ...]) -> None:
     assert tags["clusterft.container"] == "none" and tags["clusterft.restarts"] == "0"
     assert json.loads(tags["clusterft.slurm_job_ids"]) == launch_record["jobs"]
     assert len(tags["clusterft.git_commit"]) == 40 or tags["clusterft.git_commit"] == "unknown"
-    assert parent.data.params["recipe.training.max_steps"] == str(STEPS)
-    assert parent.data.params["plan.world_size"] == "1"
+    assert parent.data.params["steps"] == str(STEPS) and parent.data.params["nodes_x_ranks"] == "1x1"
+    assert parent.data.params["method"] == "lora" and parent.data.params["lora_r"] == "8"
+    assert len(parent.data.params) <= 20, sorted(parent.data.params)  # what a person compares; recipe.yaml has all
+    assert "None" not in parent.data.params.values()
     assert {a.path for a in mlflow.list_artifacts(ids["parent"])} >= {"recipe.yaml", "plan.json", "launch.json"}
 
     family = mlflow.search_runs([parent.info.experiment_id],
@@ -150,7 +153,7 @@ def assert_shape(uri: str, run: Path, stages: tuple[str, ...]) -> None:
     for child in family:
         stage = child.data.tags["clusterft.stage"]
         assert child.info.run_id == ids[stage] and child.info.status == "FINISHED"
-        assert child.info.run_name == f"{run.name}/{stage}"
+        assert child.info.run_name == f"{stage} · {run.name}"  # the stage first: MLflow's table truncates names
         assert child.data.tags["clusterft.recipe"] == "tiny-starcoder/lora"
         assert child.data.tags["clusterft.method"] == "lora"
         assert child.data.tags["clusterft.model_name"] == "tiny-starcoder"
@@ -179,7 +182,7 @@ def test_parent_and_child_runs_with_every_metric(workdir: Path, server: MlflowSe
     mlflow = client(server.uri)
     train = mlflow.get_run(ids["train"])
     expected = {"train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_s", "eval/loss",
-                "data/train/tokens", "summary/runtime", "system/cpu_percent", "system/memory_rss_gb",
+                "summary/runtime", "system/cpu_percent", "system/memory_rss_gb",
                 "system/memory_used_percent", "train/peak_memory_gb"}
     assert expected <= set(train.data.metrics), sorted(expected - set(train.data.metrics))
     assert 0 < train.data.metrics["train/peak_memory_gb"] < 64
@@ -188,7 +191,16 @@ def test_parent_and_child_runs_with_every_metric(workdir: Path, server: MlflowSe
     assert not any("checkpoint" in a.path for a in mlflow.list_artifacts(ids["train"]))
     assert train.data.tags["clusterft.final_dir"] == str(run / "final")
     prepare = mlflow.get_run(ids["prepare"])
-    assert "data/train/tokens" in prepare.data.metrics
+    assert "data/train/tokens" in prepare.data.metrics and not any(k.startswith("data/") for k in train.data.metrics)
+    assert all(value != 0 for key, value in prepare.data.metrics.items() if key.startswith("data/"))
+    parent_run = mlflow.get_run(ids["parent"])
+    experiment = mlflow.get_experiment(parent_run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "finetuning"  # MLflow's UI opens it on runs, not GenAI
+    parent = parent_run.data  # the runs table's columns in MLflow's UI
+    assert {"train_loss", "eval_loss", "best_eval_loss", "tokens_per_s", "cpu_rank_hours", "peak_memory_gb"} <= set(
+        parent.metrics), sorted(parent.metrics)
+    assert parent.metrics["train_loss"] == history[-1][1]
+    assert parent.tags["clusterft.data_name"] == "code.jsonl" and int(parent.tags["clusterft.tokens_per_step"]) > 0
 
 
 def test_server_down_at_start_runs_are_created_late_by_the_stage_itself(
@@ -241,7 +253,7 @@ def test_outage_mid_training_then_sync_gives_the_uninterrupted_history(
     assert losses(server.uri, ids["train"]) == baseline[1]
 
 
-def test_secrets_never_reach_mlflow_and_long_params_become_an_artifact(workdir: Path, server: MlflowServer) -> None:
+def test_secrets_never_reach_mlflow(workdir: Path, server: MlflowServer) -> None:
     description = f"data from the hub with {HF} " + "x" * 10_000
     uri_with_password = server.uri.replace("http://", f"http://alice:{PASSWORD}@")
     result = launch(*args("secret", f"description={description}", stages="train"), cwd=workdir,
@@ -251,11 +263,8 @@ def test_secrets_never_reach_mlflow_and_long_params_become_an_artifact(workdir: 
     ids = ids_of(run)
     assert ids["tracking_uri"] == server.uri  # no credentials on disk
     mlflow = client(server.uri)
-    parent = mlflow.get_run(ids["parent"])
-    assert parent.data.params["recipe.description"].endswith("characters: see params-long.json>")
-    local = Path(mlflow.download_artifacts(ids["parent"], "params-long.json", str(workdir / "download")))
-    long = json.loads(local.read_text())["recipe.description"]
-    assert long == description.replace(HF, "***redacted***")
+    local = Path(mlflow.download_artifacts(ids["parent"], "recipe.yaml", str(workdir / "download")))
+    assert yaml.safe_load(local.read_text())["description"] == description.replace(HF, "***redacted***")
 
     for secret in (HF, PASSWORD):
         needle = secret.encode()

@@ -55,7 +55,7 @@ def make_launch(client: Any, root: Path, experiment: str, name: str, tags: dict[
     for stage, ms in (("prepare", 60_000), ("train", train_ms), ("eval", 120_000)):
         if stage == "eval" and evaluation is None:
             continue
-        child = client.create_run(experiment_id, start_time=start, run_name=f"{name}/{stage}",
+        child = client.create_run(experiment_id, start_time=start, run_name=f"{stage} · {name}",
                                   tags={"mlflow.parentRunId": parent, "clusterft.stage": stage}).info.run_id
         ids[stage] = child
         batch = []

@@ -1,10 +1,10 @@
-"""Secrets never reach MLflow (jobs.spec.redaction), and long params become an artifact instead of an error.
+"""Secrets never reach MLflow (jobs.spec.redaction).
 
 - keys named like secrets are redacted whole; words are split, so tokenizer/max_tokens/author are not secrets
 - values shaped like tokens are redacted wherever they appear (params, tags, YAML, JSON, logs, sbatch scripts)
-- the tracker's parent run, against a real sqlite MLflow store: params redacted, a 10,000-character description in
-  params-long.json (an artifact), sbatch scripts redacted, the secret nowhere in the store, its artifacts or the
-  spool
+- the tracker's parent run, against a real sqlite MLflow store: the params a person compares (short), a
+  10,000-character description with a token in it redacted in recipe.yaml (an artifact), sbatch scripts redacted,
+  the secret nowhere in the store, its artifacts or the spool
 
     .venv/bin/python -m pytest tests/unit/test_tracking_redaction.py -q
 """
@@ -71,13 +71,12 @@ def test_structures() -> None:
         "credentials": {"user": REDACTED, "n": REDACTED}, "list": [REDACTED, "ok"], "token": ""}
 
 
-def test_parent_run_params_are_redacted_and_long_values_become_an_artifact(
+def test_the_parent_run_holds_no_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow.tracking import MlflowClient
 
     from jobs.spec.context import RankContext
-    from jobs.track.launch_info import MAX_PARAM_CHARS
     from jobs.track.tracker import Tracker
     from launchers.recipe.load import resolve
     from launchers.recipe.plan import make_plan
@@ -101,18 +100,16 @@ def test_parent_run_params_are_redacted_and_long_values_become_an_artifact(
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     parent = client.get_run(ids["parent"])
     redacted = long_description.replace(HF, REDACTED)
-    assert parent.data.params["recipe.description"] == f"<{len(redacted)} characters: see params-long.json>"
-    assert parent.data.params["recipe.training.learning_rate"] == str(resolved.recipe.training.learning_rate)
-    assert all(len(v) <= MAX_PARAM_CHARS for v in parent.data.params.values())
+    assert parent.data.params["learning_rate"] == str(resolved.recipe.training.learning_rate)
+    assert all(len(v) <= 100 for v in parent.data.params.values())
     assert parent.data.tags["clusterft.recipe"] == "tiny-starcoder/lora"
-    assert {a.path for a in client.list_artifacts(ids["parent"])} >= {"params-long.json", "recipe.yaml", "launch.json"}
-    local = Path(client.download_artifacts(ids["parent"], "params-long.json", str(tmp_path / "download")))
-    long = json.loads(local.read_text())
-    assert long["recipe.description"] == redacted
+    assert {a.path for a in client.list_artifacts(ids["parent"])} >= {"recipe.yaml", "launch.json"}
+    local = Path(client.download_artifacts(ids["parent"], "recipe.yaml", str(tmp_path / "download")))
+    assert local.read_text() == f"description: {redacted}\n"
     sbatch = Path(client.download_artifacts(ids["parent"], "sbatch/123_submission.sh", str(tmp_path / "download")))
     assert sbatch.read_text() == f"#!/bin/bash\n#SBATCH --nodes=1\nexport HF_TOKEN={REDACTED}\n"
 
     for place in (tmp_path / "runs" / "mlflow.db", *(tmp_path / "runs" / "mlartifacts").rglob("*"),
-                  *(run / "mlflow-spool").rglob("*"), run / "params-long.json", run / "mlflow.json"):
+                  *(run / "mlflow-spool").rglob("*"), run / "mlflow.json"):
         if place.is_file():
             assert HF.encode() not in place.read_bytes(), f"the secret leaked into {place}"

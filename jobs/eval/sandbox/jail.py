@@ -207,7 +207,7 @@ def run_init(cfg: dict[str, Any], info: dict[str, Any]) -> NoReturn:
         except OSError as e:
             refuse(cfg, f"cannot set up the mounts ({e})")
             libc.umount2(cfg["workdir"].encode(), MNT_DETACH)  # the host's work directory again
-    if home != "/tmp" and info["root"]:
+    if info["root"] and not info["minimal_root"]:  # the sample runs in the host's work directory: make it its own
         for path in (cfg["workdir"], program_path):
             os.chown(path, *ids)
     report(cfg["status_fd"], isolation=info)

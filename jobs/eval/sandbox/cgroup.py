@@ -27,6 +27,8 @@ _names = itertools.count()
 
 @dataclass(frozen=True)
 class MemoryCgroup:
+    """One sample's memory cgroup: its directory, and the cgroup version of the hierarchy it is in."""
+
     path: Path
     version: Version
 

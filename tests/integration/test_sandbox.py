@@ -1,4 +1,5 @@
-"""Hostile samples through jobs.eval.sandbox: each contained, counted as a failure of the right kind, the machine unharmed.
+"""Hostile samples through jobs.eval.sandbox: each contained, counted as a failure of the right kind, the machine
+unharmed.
 
 Every sample is bounded by its wall-clock timeout (a few seconds). Durations are never asserted.
 """
@@ -10,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from jobs.eval import sandbox
-from jobs.eval.sandbox import SANDBOX_UID_BASE, Limits, SandboxUnavailable, run_many, run_program
+from jobs.eval.sandbox import Limits, SandboxUnavailable, run_many, run_program
+from jobs.eval.sandbox.run import run_sandboxed
+from tests.integration.sandbox_users import copy_sandbox, run_as_nobody, sandboxed_processes
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 4.0
@@ -36,22 +38,6 @@ def isolation() -> dict[str, object]:
         pytest.skip(f"no sandbox on this machine: {e}")
     print(f"sandbox isolation here: {info}")
     return info
-
-
-def sandboxed_processes() -> list[int]:
-    """Processes on the machine that look like a sample's: as root, those of a sandbox uid; otherwise those of our
-    uid in a nested PID namespace."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = dict(line.split(":", 1) for line in Path(f"/proc/{entry}/status").read_text().splitlines())
-            except (OSError, ValueError):
-                continue
-            uid, nested = int(fields["Uid"].split()[0]), len(fields["NSpid"].split()) > 1
-            if uid >= SANDBOX_UID_BASE if os.geteuid() == 0 else uid == os.getuid() and nested:
-                found.append(int(entry))
-    return found
 
 
 def process_count() -> int:
@@ -142,10 +128,9 @@ def test_writing_outside_the_temporary_directory_fails(bashrc: Path) -> None:
     for target in [*targets, bashrc]:
         outcome = run_program(f"open({str(target)!r}, 'a').write('pwned\\n')\n", TIMEOUT_S, Limits())
         assert (outcome.passed, outcome.kind) == (False, "crash"), (target, outcome.output)
-        refused = ("PermissionError", "Read-only file system")
-        # A checkout under /tmp (CI clones there) is not even visible: the sample's /tmp is its own.
-        hidden = target.is_relative_to("/tmp") and "No such file or directory" in outcome.detail
-        assert any(word in outcome.detail for word in refused) or hidden, (target, outcome.detail)
+        # Refused, or not even there: the sample's root holds only what its interpreter needs, and its own /tmp.
+        refused = ("PermissionError", "Read-only file system", "No such file or directory")
+        assert any(word in outcome.detail for word in refused), (target, outcome.detail)
     for target in targets:
         assert not target.exists(), target
     assert sandbox_dirs() <= dirs_before, "a sandbox directory was left behind"
@@ -204,40 +189,13 @@ def test_run_many_keeps_order_and_reports_progress(capsys: pytest.CaptureFixture
 
 
 def test_mount_fallback_for_kernels_without_mount_setattr() -> None:
-    outcome, info = sandbox._run("open('/dev/null', 'w').write('x')\nopen('/var/tmp/x', 'w')\n", TIMEOUT_S, Limits(),
-                                 False, None, force_remount=True)
-    assert info["read_only_root"] == "remount"
+    outcome, info = run_sandboxed("open('/dev/null', 'w').write('x')\nopen('/usr/x', 'w')\n", TIMEOUT_S, Limits(),
+                                  False, None, force_remount=True)
+    assert (info["read_only_root"], info["minimal_root"]) == ("remount", True)
     assert (outcome.kind, "Read-only file system" in outcome.detail) == ("crash", True), outcome.output
 
 
-# Refusal: an unprivileged user who may not create user namespaces. As root we build that user: a child user
-# namespace (uids 0-65535 mapped 1:1) whose max_user_namespaces is 0, then drop to nobody inside it.
-_NO_USERNS = r"""
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-ready_r, ready_w = os.pipe()
-go_r, go_w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    if libc.unshare(0x10000000) != 0:
-        os._exit(90)
-    os.write(ready_w, b"x")
-    os.read(go_r, 1)
-    with open("/proc/sys/user/max_user_namespaces", "w") as f:
-        f.write("0")
-    os.setgroups([])
-    os.setresgid(65534, 65534, 65534)
-    os.setresuid(65534, 65534, 65534)
-    os.execve(sys.argv[2], sys.argv[2:], {"PYTHONPATH": sys.argv[1]})
-os.read(ready_r, 1)
-for name in ("uid_map", "gid_map"):
-    with open(f"/proc/{pid}/{name}", "w") as f:
-        f.write("0 0 65536")
-os.write(go_w, b"x")
-_, status = os.waitpid(pid, 0)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
+# Refusal: an unprivileged user who may not create user namespaces (built from root: see sandbox_users).
 _PROBE = r"""
 import sandbox
 try:
@@ -253,14 +211,9 @@ print("ACCEPTED:", outcome.kind, sandbox.isolation(allow_network=True))
 def test_refuses_without_namespaces_unless_the_risk_is_accepted(isolation: dict[str, object]) -> None:
     if not isolation["root"]:
         pytest.skip("building an unprivileged user without user namespaces needs root")
-    python = sandbox.sample_python()
     copy = Path(tempfile.mkdtemp(prefix="clusterft-sandbox-test-"))
     try:
-        copy.chmod(0o755)  # nobody must read the module
-        shutil.copy(Path(sandbox.__file__), copy / "sandbox.py")
-        (copy / "sandbox.py").chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
-        result = subprocess.run([sys.executable, "-c", _NO_USERNS, str(copy), python, "-c", _PROBE],
-                                check=False, capture_output=True, text=True, timeout=60, cwd="/")
+        result = run_as_nobody(_PROBE, pythonpath=copy_sandbox(copy), home=Path("/"), deny_userns=True)
     finally:
         shutil.rmtree(copy)
     assert result.returncode == 0, result.stderr

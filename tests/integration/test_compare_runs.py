@@ -1,6 +1,7 @@
-"""`launch compare` on real runs: LoRA and QLoRA of tiny-starcoder (same model, same data) trained on this CPU;
-then `launch mlflow-server` over their store, and MLflow's own compare page of the two, rendered by headless
-Chromium (tests/integration/browser.py).
+"""`launch compare` on real runs: a full fine-tune and a QLoRA of tiny-starcoder (same model, same data) trained on
+this CPU; then `launch mlflow-server` over their store, and MLflow's own compare page of the two launches (their
+parent runs: params and summary metrics side by side), rendered by headless Chromium (tests/integration/browser.py).
+The screenshot stays in the test's temporary directory (compare-page.png) to look at.
 
 Needs the parent/child MLflow layout from jobs.track.tracker (a parent run per launch tagged clusterft.*, a child run
 per stage, the parent id in mlflow.json).
@@ -26,20 +27,21 @@ from tests.integration.conftest import assert_ok, launch, launch_env
 from tests.integration.mlflow_server import free_port
 
 
-def test_lora_and_qlora_of_the_same_model_and_data_are_paired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for method in ("lora", "qlora"):
+def test_full_ft_and_qlora_of_the_same_model_and_data_are_paired(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for method in ("full-ft", "qlora"):
         assert_ok(launch(method, "tiny-starcoder", "--local", "--name", method, "--stages", "train",
                          cwd=tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from launchers.compare import compare
 
     root = tmp_path / "runs"
-    document = json.loads(compare(root, ["lora", "qlora"], fmt="json"))
+    document = json.loads(compare(root, ["full-ft", "qlora"], fmt="json"))
     (pair,) = document["groups"]
-    assert pair["paired"] and pair["runs"] == ["lora", "qlora"]
-    assert pair["deltas"][0]["methods"] == "lora vs qlora" and pair["deltas"][0]["eval_loss_diff"] is not None
+    assert pair["paired"] and pair["runs"] == ["full-ft", "qlora"]
+    assert pair["deltas"][0]["methods"] == "full vs qlora" and pair["deltas"][0]["eval_loss_diff"] is not None
     for row in document["runs"]:
-        assert row["recipe"] == f"tiny-starcoder/{row['method']}" and row["steps"] == 30
+        assert row["recipe"].startswith("tiny-starcoder/") and row["steps"] == 30
         assert row["final_eval_loss"] is not None and row["best_eval_loss"] <= row["final_eval_loss"]
         assert row["final_train_loss"] is not None and row["median_tokens_per_s"] > 0
         assert row["gpu_hours"] is None and row["cpu_rank_hours"] > 0  # a CPU run: rank-hours, not GPU-hours
@@ -53,14 +55,18 @@ def test_lora_and_qlora_of_the_same_model_and_data_are_paired(tmp_path: Path, mo
         logged = {Path(f.path).name for f in client.list_artifacts(row["parent_run_id"], document["artifacts"])}
         assert logged == {"compare.txt", "compare.csv", png.name}
 
-    train_runs = [json.loads((root / "tiny-starcoder" / method / "mlflow.json").read_text())["train"]
-                  for method in ("lora", "qlora")]
-    the_compare_page_renders(tmp_path, root, train_runs)
+    parents = [row["parent_run_id"] for row in document["runs"]]
+    the_compare_page_shows_the_summaries(tmp_path, root, parents)
 
 
-def the_compare_page_renders(tmp_path: Path, root: Path, run_ids: list[str]) -> None:
-    """`launch mlflow-server` over the runs root; MLflow's compare page of the two train runs, in headless Chromium:
-    the page names both runs, and the screenshot is a real page (large, many colours), not a blank or error."""
+SUMMARY = ("train_loss", "eval_loss", "best_eval_loss", "tokens_per_s", "cpu_rank_hours", "peak_memory_gb")
+COMPARED_PARAMS = ("method", "learning_rate", "global_batch", "seq_length", "nodes_x_ranks", "backend")
+
+
+def the_compare_page_shows_the_summaries(tmp_path: Path, root: Path, run_ids: list[str]) -> None:
+    """`launch mlflow-server` over the runs root; MLflow's compare page of the two launches, in headless Chromium:
+    the page names both runs and shows their summary metrics and compared params side by side, and the screenshot
+    is a real page (large, many colours), not a blank or error."""
     browser = Browser.find_or_install()
     port = free_port()
     log = (tmp_path / "server.log").open("w")
@@ -81,6 +87,10 @@ def the_compare_page_renders(tmp_path: Path, root: Path, run_ids: list[str]) -> 
         page = f"{uri}/#/compare-runs?{query}"
         dom = browser.dom(page)
         assert "Comparing 2 Runs" in dom and all(r.info.run_name in dom for r in runs), dom[-2000:]
+        missing = [name for name in (*SUMMARY, *COMPARED_PARAMS) if name not in dom]
+        assert not missing, f"not on MLflow's compare page: {missing}"
+        for run in runs:  # each launch's own value: its train loss, as the page rounds it (3 decimals)
+            assert f"{round(run.data.metrics['train_loss'], 3):g}" in dom, run.data.metrics
         png = browser.screenshot(page, tmp_path / "compare-page.png")
         import matplotlib.image
 

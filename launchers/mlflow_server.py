@@ -33,6 +33,7 @@ from jobs.spec.rundir import default_tracking_uri, public_uri, write_atomic
 STORE_ENV = "MLFLOW_BACKEND_STORE_URI"
 SERVER_DIR = "mlflow-server"
 URI_FILE = "server.json"
+STOP_GRACE_S = 1.5
 HEALTH_TIMEOUT_S = 120.0
 
 
@@ -76,17 +77,29 @@ def healthy(uri: str) -> bool:
         return False
 
 
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived: stop the server (outside the signal handler: a handler that waits on the child
+    while the main thread is inside Popen.wait cannot reap it, since the interrupted wait holds its lock)."""
+
+
 def serve(spec: ServerSpec, uri_file: Path | None = None, hostname: str | None = None) -> int:
     """Run the server in the foreground: print (and write) the URI once it answers; stop it on SIGINT/SIGTERM."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     process = subprocess.Popen(spec.command(), env=env, start_new_session=True)
 
     def stop(signum: int, frame: object) -> None:
-        _terminate(process)
-        sys.exit(0)
+        raise _Stop
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    try:
+        return _serve(spec, process, uri_file, hostname)
+    except _Stop:
+        _terminate(process)
+        return 0
+
+
+def _serve(spec: ServerSpec, process: subprocess.Popen[bytes], uri_file: Path | None, hostname: str | None) -> int:
     local = f"http://{'127.0.0.1' if spec.host in ('0.0.0.0', '::') else spec.host}:{spec.port}"
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while not healthy(local):
@@ -106,11 +119,13 @@ def serve(spec: ServerSpec, uri_file: Path | None = None, hostname: str | None =
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group (its own session), SIGKILL if it lingers."""
+    """SIGTERM to the server's process group (its own session), SIGKILL if it lingers past STOP_GRACE_S: uvicorn's
+    graceful shutdown waits for open browser connections, and Ctrl-C should be done in a moment. The sqlite store
+    commits each write in a transaction, so a kill loses nothing that was acknowledged."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sig)
-            process.wait(timeout=10)
+            process.wait(timeout=STOP_GRACE_S)
             return
         except ProcessLookupError:
             return

@@ -192,7 +192,7 @@ def cmd_recipes(argv: Sequence[str]) -> int:
     parser.parse_args(argv)
     from launchers.recipe.load import list_methods, list_models, resolve
 
-    rows = [("RECIPE", "METHOD", "BACKEND", "GPUS", "SEQ", "LENGTH", "LR")]
+    rows = [("RECIPE", "METHOD", "BACKEND", "GPUS", "SEQ", "LENGTH", "LR", "RUN IT WITH")]
     broken = []
     for model in list_models():
         for method in list_methods(model):
@@ -205,7 +205,7 @@ def cmd_recipes(argv: Sequence[str]) -> int:
             gpus = f"{res.nodes}×{res.gpus_per_node} {res.gpu_type or ''}".strip() if res.gpus_per_node else "CPU"
             length = f"{r.training.max_steps} steps" if r.training.max_steps else f"{r.training.epochs:g} epochs"
             rows.append((r.name, r.method.kind, r.distributed.backend, gpus, str(r.data.seq_length), length,
-                         f"{r.training.learning_rate:g}"))
+                         scientific(r.training.learning_rate), f"launch {method} {model}"))
     from launchers.text import table
 
     print("\n".join(table(rows)))
@@ -383,6 +383,9 @@ def warn_on_lora_targets(resolved: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):
+        print(f"launch (clusterft) {package_version()}")
+        return 0
     try:
         if args and args[0] in COMMANDS:
             module, _, function = COMMANDS[args[0]].partition(":")
@@ -394,6 +397,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `launch recipes | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+
+
+def scientific(value: float) -> str:
+    """2e-04, 1.5e-04, 3e-03: one format for every learning rate in a column."""
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clusterft")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def printable(text: str) -> str:

@@ -29,9 +29,11 @@ def connect(root: Path) -> tuple[Any, str]:
     """An MlflowClient on the runs root's store; UserError when there is no store or the server does not answer."""
     uri = tracking_uri(root)
     try:
+        import matplotlib  # noqa: F401 - the plots; checked here so nothing is half done when it is missing
         from mlflow.tracking import MlflowClient
     except ImportError as err:
-        raise UserError(f"launch compare needs MLflow and matplotlib in this environment ({err})") from err
+        raise UserError(f"launch compare needs MLflow and matplotlib, the track extra: pip install -e '.[track]' "
+                        f"(here: {err.name or err} is missing)") from None
     if uri.startswith("sqlite:"):
         path = sqlite_path(uri)
         if path is not None and not path.exists():

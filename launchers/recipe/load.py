@@ -183,6 +183,9 @@ def recipe_files(method: str, model: str) -> tuple[Path, Path]:
     """The model.yaml and <method>.yaml of a catalog recipe, or a one-line error with suggestions."""
     directory = model_dir(model)
     if directory is None:
+        swapped = model_dir(method)
+        if swapped is not None and model in list_methods(method):
+            raise UserError(f"unknown model {model!r}: the method comes first: launch {model} {method}")
         raise UserError(f"unknown model {model!r}: {did_you_mean(model, list_models())} (see `launch recipes`)")
     methods = list_methods(model)
     if method not in methods:

@@ -399,3 +399,13 @@ def test_an_artifact_store_failure_is_a_warning(store: tuple[Path, dict[str, str
     assert "sc-full" in text and "logged to" not in text
     assert capsys.readouterr().err == ("warning: could not log the comparison to the parent runs: "
                                        "s3: access denied\n")
+
+
+def test_without_mlflow_the_error_names_the_extra(store: tuple[Path, dict[str, str]],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    root, _ = store
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # a login node with the launcher only
+    with pytest.raises(UserError, match=r"the track extra: pip install -e '\.\[track\]' \(here: mlflow\.tracking"):
+        compare(root)

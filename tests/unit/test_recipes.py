@@ -10,6 +10,7 @@ device from the recipe's config.json: no weights, ~5 s for the imports).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,9 +92,22 @@ def test_recipes_command_lists_every_recipe(launch: Launch) -> None:
     result = launch("recipes")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0].split() == ["RECIPE", "METHOD", "BACKEND", "GPUS", "SEQ", "LENGTH", "LR"]
+    assert lines[0].split() == ["RECIPE", "METHOD", "BACKEND", "GPUS", "SEQ", "LENGTH", "LR", "RUN", "IT", "WITH"]
     listed = [line.split()[0] for line in lines[1:]]
     assert listed == RECIPE_IDS
+    for line, (method, model) in zip(lines[1:], RECIPES):  # the command that runs it, and one format for rates
+        assert line.endswith(f"launch {method} {model}") and re.search(r" \d(\.\d+)?e-\d\d ", line), line
+
+
+def test_swapped_method_and_model_suggest_the_order(launch: Launch) -> None:
+    result = launch("starcoder15b", "qlora", "--dry-run")
+    assert result.code == 2 and result.err_lines == [
+        "launch: error: unknown model 'qlora': the method comes first: launch qlora starcoder15b"]
+
+
+def test_version(launch: Launch) -> None:
+    result = launch("--version")
+    assert result.code == 0 and re.fullmatch(r"launch \(clusterft\) \S+\n", result.out)
 
 
 def test_one_bad_file_in_a_user_catalog_does_not_hide_the_others(launch: Launch, user_catalog: Path) -> None:

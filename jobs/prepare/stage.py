@@ -324,4 +324,4 @@ def _print_report(report: PrepareReport) -> None:
     if report.source_skipped:
         skipped = ", ".join(f"{count} {why}" for why, count in sorted(report.source_skipped.items()))
         print(f"[prepare] source files skipped: {skipped}", flush=True)
-    print(f"[prepare] done in {report.seconds:.1f} s", flush=True)
+    print(f"[prepare] cache built in {report.seconds:.1f} s", flush=True)

@@ -49,6 +49,7 @@ from jobs.train.checkpoints import (
 from jobs.train.flops import flops_per_token, mfu, peak_flops
 from jobs.train.fsdp_state import save_final_model
 from jobs.train.save_policy import RunTrainer, TimedSaves
+from jobs.train.step_line import step_line
 
 # accelerate's DistributedType names that each back end may run as
 EXPECTED_DISTRIBUTED = {
@@ -158,8 +159,7 @@ class ProgressCallback(TrainerCallback):
         self.latest.update(metrics)
         self.run.write_json(self.run.last_metrics_file,
                             {"step": state.global_step, "max_steps": state.max_steps, "metrics": self.latest})
-        shown = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(metrics.items()) if k != "train/epoch")
-        print(f"step {state.global_step}/{state.max_steps}  {shown}", flush=True)
+        print(step_line(state.global_step, state.max_steps, metrics), flush=True)
 
 
 def _metric_name(key: str) -> str:
@@ -170,10 +170,6 @@ def _metric_name(key: str) -> str:
     if key.startswith("train_"):
         return "summary/" + key.removeprefix("train_")
     return "train/" + key
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def train(recipe: Recipe, plan: Plan, context: RankContext) -> str:

@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,12 @@ class Stage:
             RunDir(context.run_dir).record_attempt(self.name, str(job.job_id), node)
         if not BY_NAME[self.name].online:
             work_offline()  # the prepare stage fetched what the run needs into the shared cache
+        working = time.monotonic()
         result = job_of(self.name)(self.recipe, self.plan, context)
         leave_process_group()
+        if context.is_main:  # from the process's start: imports and start-up are the stage's time too
+            print(f"[{self.name}] done in {time.time() - process_started():.1f} s "
+                  f"({time.monotonic() - working:.1f} s of work after start-up)", flush=True)
         # The work is done: a time-limit warning arriving now (a job that ends in its last minutes) must neither
         # requeue it nor kill the process while submitit writes the result.
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -129,6 +134,13 @@ class Stage:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self) if self.requeue else None
+
+
+def process_started() -> float:
+    """When this process started (seconds since the epoch), from the kernel's record of it."""
+    import psutil  # the train extra has it (accelerate needs it); the launcher never calls this
+
+    return float(psutil.Process().create_time())
 
 
 def leave_process_group() -> None:

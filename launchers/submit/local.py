@@ -93,15 +93,15 @@ def run_debug_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
 
 
 def follow_local(job: Any, run: RunDir, stage: str, record: dict[str, Any], stop: StopRequests) -> int:
-    """Stream rank 0's output until the job ends: 0 when it completed, 1 when it failed; when a stop signal came,
-    the job is stopped and noted cancelled: 128 + the signal."""
+    """Stream rank 0's output until the job ends: 0 when it completed, 1 when it failed; when a stop signal came
+    first, the job is stopped and noted cancelled: 128 + the signal."""
     stdout = Path(str(job.paths.stdout).replace("%t", "0"))
     offset = 0
     while not job.done() and not stop.received:
         offset = _copy_new(stdout, offset)
         time.sleep(0.5)
     job_id = str(job.job_id)
-    if stop.received:
+    if stop.received and not job.done():
         record_cancelled(run, [job_id])
         stop_job(record, job_id)
         _copy_new(stdout, offset)
@@ -109,10 +109,10 @@ def follow_local(job: Any, run: RunDir, stage: str, record: dict[str, Any], stop
     _copy_new(stdout, offset)
     ended = outcome(run, job_id, job.controller_exit)
     if ended.state == "COMPLETED":
-        return 0
+        return 0  # a stop signal that came as it ended stops the chain before the next stage
     stop_job(record, job_id)  # its controller killed: ranks it left behind must not run on unwatched
     if ended.state == "CANCELLED":  # by `launch cancel`, which stops this process too (its signal may come next)
-        return stopped(run, f"during the {stage} stage", signal.SIGTERM)
+        return stopped(run, f"during the {stage} stage", stop.received or signal.SIGTERM)
     print(f"[launch] {stage} failed: {ended.reason}\n[launch] logs: {run.submitit}", file=sys.stderr)
     return 1
 

@@ -6,7 +6,8 @@ wrote, an exit code). Ctrl-C (SIGINT), SIGTERM (what `launch cancel` sends this 
 the chain must stop: it stops between two steps, never half-way through a submission, so no job is left behind
 unrecorded. Then the running job is stopped and noted cancelled, no later stage starts, the run directory stays,
 and one line says how to continue; the exit code is 128 + the signal (130 for Ctrl-C). Tested by
-tests/integration/test_local_training.py, tests/integration/test_local_cancel.py and the unit CLI tests.
+tests/integration/test_local_training.py, tests/integration/test_local_cancel.py, tests/unit/test_local_stop.py and
+the unit CLI tests.
 """
 
 from __future__ import annotations

@@ -131,16 +131,15 @@ def _signal_name(number: int) -> str:
 
 
 def cancelled_jobs(run: RunDir) -> set[str]:
-    jobs = run.read_json(run.cancelled_file).get("jobs", {})
-    if not isinstance(jobs, dict):
-        raise DamagedFile(run.cancelled_file, 'has no "jobs" object')
+    jobs = run.read_json(run.cancelled_file).get("jobs", [])
+    if not (isinstance(jobs, list) and all(isinstance(job_id, str) for job_id in jobs)):
+        raise DamagedFile(run.cancelled_file, 'has no list of job ids ("jobs")')
     return set(jobs)
 
 
 def record_cancelled(run: RunDir, job_ids: Iterable[str]) -> None:
     """Note jobs as cancelled, before they are stopped: whoever sees them end knows why."""
-    jobs = dict.fromkeys(sorted(cancelled_jobs(run) | set(job_ids)), True)
-    run.write_json(run.cancelled_file, {"jobs": jobs})
+    run.write_json(run.cancelled_file, {"jobs": sorted(cancelled_jobs(run) | set(job_ids))})
 
 
 def stop_job(record: dict[str, Any], job_id: str) -> bool:

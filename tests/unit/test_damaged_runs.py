@@ -88,6 +88,8 @@ DAMAGES: dict[str, tuple[Callable[[RunDir], None], str]] = {
                                  "attempts.jsonl line 2 is not valid JSON"),
     "damaged cancelled.json": (lambda run: run.cancelled_file.write_text('{"jobs": '),
                                "cancelled.json is not valid JSON"),
+    "cancelled.json of another shape": (lambda run: run.cancelled_file.write_text('{"jobs": {"101": 1}}'),
+                                        'cancelled.json has no list of job ids ("jobs")'),
 }
 
 

@@ -35,7 +35,7 @@ class LocalStageExecutor(submitit.LocalExecutor):
         super().__init__(folder=folder)
         self.tag = tag
 
-    def _submit_command(self, command: str) -> StageJob:
+    def _submit_command(self, command: str) -> LocalStageJob:
         """As submitit's (the same environment for its controller), in a new session, with the tag."""
         ranks = self.parameters.get("tasks_per_node", 1)
         gpus = range(self.parameters.get("gpus_per_node", 0))
@@ -49,10 +49,10 @@ class LocalStageExecutor(submitit.LocalExecutor):
         }
         process = subprocess.Popen([sys.executable, "-m", __name__, str(self.folder)], env=env,
                                    start_new_session=True)
-        return StageJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ranks)))
+        return LocalStageJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ranks)))
 
 
-class StageJob(LocalJob[Any]):
+class LocalStageJob(LocalJob[Any]):
     """submitit's LocalJob, and how its controller ended."""
 
     @property

@@ -66,10 +66,10 @@ def outcome(run: RunDir, job_id: str, controller_exit: int | None = None) -> Out
         return Outcome("COMPLETED")
     if job_id in cancelled_jobs(run):
         return Outcome("CANCELLED")
-    return Outcome("FAILED", failure_reason(run, job_id, controller_exit))
+    return Outcome("FAILED", _failure_reason(run, job_id, controller_exit))
 
 
-def failure_reason(run: RunDir, job_id: str, controller_exit: int | None = None) -> str:
+def _failure_reason(run: RunDir, job_id: str, controller_exit: int | None) -> str:
     """The first rank a signal killed, else the controller, else the last exception line a rank wrote, else an
     exit code."""
     codes = run.read_json(exit_codes_file(run.submitit, job_id)).get("ranks", [])
@@ -80,7 +80,7 @@ def failure_reason(run: RunDir, job_id: str, controller_exit: int | None = None)
         return f"killed by {_signal_name(-code)} (rank {rank})"
     if not codes and controller_exit is not None and controller_exit < 0:
         return f"its controller (pid {job_id}) was killed by {_signal_name(-controller_exit)}"
-    error = last_error(run.submitit, job_id)
+    error = _last_error(run.submitit, job_id)
     if error:
         return error
     exited = [(rank, code) for rank, code in numbered if code > 0]
@@ -89,7 +89,7 @@ def failure_reason(run: RunDir, job_id: str, controller_exit: int | None = None)
     return f"ended without a result (job {job_id})"
 
 
-def last_error(log_dir: Path, job_id: str = "*") -> str | None:
+def _last_error(log_dir: Path, job_id: str) -> str | None:
     """The last exception line any rank of a job wrote, e.g. 'rank 1: ValueError: ...'."""
     found: list[tuple[float, str]] = []
     for log in log_dir.glob(f"{job_id}_*_log.err"):

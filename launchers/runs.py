@@ -1,16 +1,18 @@
 """Watching and stopping runs by their stable name: `launch status`, `launch logs`, `launch cancel`.
 
 A run is found by name, experiment/name, or any of its stages' job ids, under the runs root. Its stages' states
-come from SLURM (sacct, falling back to squeue) or, for local runs, from submitit's result files and the process
-table. Restarts come from <run>/attempts.jsonl (written by rank 0 each time a stage starts), the last metrics from
-<run>/last_metrics.json (written by the train stage at every log step).
+come from SLURM (sacct, falling back to squeue) or, for local runs, from the job's own processes and the files it
+left (launchers/submit/local_job.py). Restarts come from <run>/attempts.jsonl (written by rank 0 each time a stage
+starts), the last metrics from <run>/last_metrics.json (written by the train stage at every log step).
+
+A run whose own files cannot be read as launch wrote them (launch.json empty or cut short, a job id that is not a
+number, a truncated result file) is damaged: the listing marks it DAMAGED and lists every other run; a command on
+it stops with one line naming the file (jobs.spec.rundir.DamagedFile). Tested by tests/unit/test_damaged_runs.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
+import re
 import subprocess
 import sys
 import time
@@ -19,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec.errors import UserError, did_you_mean
-from jobs.spec.rundir import EXPORT_RECORD, LAUNCH_FILE, RunDir, pid_alive
+from jobs.spec.rundir import EVAL_RESULTS, EXPORT_RECORD, LAUNCH_FILE, DamagedFile, RunDir
 from jobs.spec.stages import STAGE_NAMES
+from launchers.submit.local_job import cancel_chain, cancelled_jobs, check_results, job_processes, outcome
+from launchers.submit.processes import ProcessId
 from launchers.text import table
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
+EXECUTORS = ("slurm", "local", "debug")
+JOB_ID = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,14 @@ class StageState:
 
 
 def all_runs(root: Path) -> list[RunDir]:
-    return sorted((RunDir(p.parent) for p in root.glob(f"*/*/{LAUNCH_FILE}")), key=lambda r: r.path.stat().st_mtime)
+    return sorted((RunDir(p.parent) for p in root.glob(f"*/*/{LAUNCH_FILE}")), key=_age)
+
+
+def _age(run: RunDir) -> float:
+    try:
+        return run.path.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return 0.0
 
 
 def find_run(root: Path, ref: str) -> RunDir:
@@ -46,7 +59,7 @@ def find_run(root: Path, ref: str) -> RunDir:
     runs = all_runs(root)
     matches = [r for r in runs if ref in (r.name, f"{r.experiment}/{r.name}")]
     if not matches and ref.isdigit():
-        matches = [r for r in runs if ref in launch_record(r).get("jobs", {}).values()]
+        matches = [r for r in runs if ref in _job_ids(r)]
     if len(matches) > 1:
         raise UserError(f"run {ref!r} is ambiguous: {', '.join(f'{r.experiment}/{r.name}' for r in matches)}")
     if not matches:
@@ -58,8 +71,65 @@ def find_run(root: Path, ref: str) -> RunDir:
     return matches[0]
 
 
+def check_run(run: RunDir) -> None:
+    """DamagedFile unless the files that make the run are whole: launch.json (as launch writes it), plan.json,
+    recipe.yaml, attempts.jsonl, cancelled.json and its local jobs' result files."""
+    record = launch_record(run)
+    run.read_plan()
+    run.check_recipe()
+    run.attempts()
+    if record["executor"] == "local":
+        cancelled_jobs(run)
+        for job_id in record["jobs"].values():
+            check_results(run, job_id)
+
+
+def _job_ids(run: RunDir) -> list[str]:
+    """The run's job ids; none for a damaged run (it cannot be told by job id)."""
+    try:
+        return list(launch_record(run)["jobs"].values())
+    except DamagedFile:
+        return []
+
+
 def launch_record(run: RunDir) -> dict[str, Any]:
-    return run.read_json(run.launch_file)
+    """launch.json, with what commands read in it checked, else DamagedFile."""
+    record = run.read_json(run.launch_file, required=True)
+    problem = launch_record_problem(record)
+    if problem:
+        raise DamagedFile(run.launch_file, problem)
+    return record
+
+
+def launch_record_problem(record: dict[str, Any]) -> str | None:
+    """What in a launch record is not as launch writes it (StartRequest.launch_record, the runners), or None."""
+    stages, jobs, argv, resolved = (record.get(key) for key in ("stages", "jobs", "argv", "resolved"))
+    if record.get("executor") not in EXECUTORS:
+        return f"has no executor of {', '.join(EXECUTORS)} (\"executor\": {_shown(record.get('executor'))})"
+    if not isinstance(stages, list) or not stages or any(stage not in STAGE_NAMES for stage in stages):
+        return f"has no list of stages (\"stages\": {_shown(stages)})"
+    if not isinstance(jobs, dict) or any(stage not in STAGE_NAMES for stage in jobs):
+        return f"has no job of each stage (\"jobs\": {_shown(jobs)})"
+    for stage, job_id in jobs.items():
+        if not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+            return f"has a job id that is not a number ({stage}: {_shown(job_id)})"
+    if argv is not None and not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)):
+        return f"has no command line (\"argv\": {_shown(argv)})"
+    if resolved is not None and not (isinstance(resolved, dict) and isinstance(resolved.get("slurm"), dict)
+                                     and isinstance(resolved.get("container"), dict)):
+        return f"has no sbatch options and container (\"resolved\": {_shown(resolved)})"
+    tags = record.get("local_jobs", {})
+    if not (isinstance(tags, dict) and all(isinstance(tag, str) for tag in tags.values())):
+        return f"has no process tag of each local job (\"local_jobs\": {_shown(tags)})"
+    if "launcher" in record and ProcessId.from_record(record["launcher"]) is None:
+        return f"has no pid and start time of its launcher (\"launcher\": {_shown(record['launcher'])})"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value found in a file, short and on one line."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def stage_states(run: RunDir) -> list[StageState]:
@@ -74,7 +144,7 @@ def stage_states(run: RunDir) -> list[StageState]:
     if executor == "slurm":
         found = slurm_states(list(jobs.values()))
     else:
-        found = {job_id: local_state(run, job_id) if executor == "local" else {"state": "IN-PROCESS"}
+        found = {job_id: local_state(run, record, job_id) if executor == "local" else {"state": "IN-PROCESS"}
                  for job_id in jobs.values()}
     states = []
     for stage, job_id in jobs.items():
@@ -113,16 +183,10 @@ def _run(command: list[str]) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def local_state(run: RunDir, job_id: str) -> dict[str, str]:
-    """A local job (its id is the controller's pid): running while the pid lives, then submitit's result."""
-    result = run.submitit / f"{job_id}_0_result.pkl"
-    if result.exists():
-        with result.open("rb") as handle:
-            outcome = pickle.load(handle)[0]
-        return {"state": "COMPLETED" if outcome == "success" else "FAILED", "nodes": "local"}
-    if pid_alive(int(job_id)):
-        return {"state": "RUNNING", "nodes": "local"}
-    return {"state": "FAILED", "nodes": "local"}
+def local_state(run: RunDir, record: dict[str, Any], job_id: str) -> dict[str, str]:
+    """A local job: RUNNING while one of its own processes runs, then how it ended."""
+    state = "RUNNING" if job_processes(record, job_id) else outcome(run, job_id).state
+    return {"state": state, "nodes": "local"}
 
 
 def last_metrics(run: RunDir) -> dict[str, Any]:
@@ -143,9 +207,8 @@ def describe(run: RunDir) -> str:
     lines += table(rows)
     metrics = last_metrics(run)
     if metrics:
-        shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in sorted(metrics.get("metrics", {}).items()))
-        lines.append(f"last metrics (step {metrics.get('step')}/{metrics.get('max_steps')}): {shown}")
+        lines.append(f"last metrics (step {metrics.get('step')}/{metrics.get('max_steps')}): "
+                     f"{_numbers(metrics.get('metrics'))}")
     lines += outputs(run)
     return "\n".join(lines)
 
@@ -157,25 +220,37 @@ def outputs(run: RunDir) -> list[str]:
     exports = run.versions()
     if exports:
         count, newest = len(exports), exports[-1]
-        record = json.loads((newest / EXPORT_RECORD).read_text(encoding="utf-8"))
+        record = run.read_json(newest / EXPORT_RECORD, required=True)
         parts = [f"{name} {record[name]['bytes'] / 1e6:.1f} MB" for name in ("model", "adapter", "gguf")
-                 if isinstance(record.get(name), dict)]
+                 if isinstance(record.get(name), dict) and isinstance(record[name].get("bytes"), int | float)]
         lines.append(f"export {newest.name} ({count} in all, from {record.get('source')}): {', '.join(parts)}  "
                      f"{newest}")
-    results = sorted((run.evals).glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+    results = sorted(run.evals.glob(f"*/{EVAL_RESULTS}"), key=lambda p: p.stat().st_mtime)
     if results:
-        record = json.loads(results[-1].read_text(encoding="utf-8"))
-        shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(record.get("metrics", {}).items()))
-        lines.append(f"eval {results[-1].parent.name}: {shown}")
+        record = run.read_json(results[-1], required=True)
+        lines.append(f"eval {results[-1].parent.name}: {_numbers(record.get('metrics'))}")
     return lines
 
 
+def _numbers(metrics: Any) -> str:
+    """name=value pairs of a metrics object, numbers to 4 digits."""
+    items = sorted(metrics.items()) if isinstance(metrics, dict) else []
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
+
+
 def summary_line(run: RunDir) -> tuple[str, ...]:
-    """One row per run: the first stage that has not completed, or COMPLETED."""
-    states = stage_states(run)
+    """One row per run: the first stage that has not completed, COMPLETED, NOT STARTED, or DAMAGED and why."""
+    try:
+        check_run(run)
+        executor = launch_record(run)["executor"]
+        states = stage_states(run)
+    except DamagedFile as err:
+        where = err.path.relative_to(run.path) if err.path.is_relative_to(run.path) else err.path
+        return f"{run.experiment}/{run.name}", "?", f"DAMAGED: {where} {err.problem}"
     current = next((s for s in states if s.state != "COMPLETED"), None)
-    where = f"{current.stage}: {current.state}" if current else f"COMPLETED ({len(states)} stages)"
-    return f"{run.experiment}/{run.name}", launch_record(run).get("executor", "?"), where
+    where = f"{current.stage}: {current.state}" if current else \
+        f"COMPLETED ({len(states)} stages)" if states else "NOT STARTED"
+    return f"{run.experiment}/{run.name}", executor, where
 
 
 def log_path(run: RunDir, stage: str, rank: int, stream: str) -> Path:
@@ -208,13 +283,15 @@ def _stage_finished(run: RunDir, stage: str) -> bool:
 
 
 def cancel(run: RunDir) -> list[str]:
-    """Cancel every stage that has not finished; returns what was cancelled."""
+    """Cancel every stage that has not finished, and (local runs) the rest of the chain; returns what was
+    cancelled."""
     record = launch_record(run)
     pending = [s for s in stage_states(run) if s.state not in TERMINAL]
-    if record.get("executor") == "local":
-        for s in pending:
-            if pid_alive(int(s.job_id)):
-                os.kill(int(s.job_id), 15)
+    cancelled = [f"{s.stage} ({s.job_id})" for s in pending]
+    if record["executor"] == "local":
+        launcher = cancel_chain(run, record, [s.job_id for s in pending])
+        if launcher is not None:
+            cancelled.append(f"the rest of its chain (launch, pid {launcher.pid})")
     elif pending:
         subprocess.run(["scancel", *[s.job_id for s in pending]], capture_output=True, timeout=60, check=False)
-    return [f"{s.stage} ({s.job_id})" for s in pending]
+    return cancelled

@@ -3,7 +3,9 @@
     <runs root>/<experiment>/<run>/
         recipe.yaml        the resolved recipe (what `launch show` prints)
         plan.json          derived numbers (world size, gradient accumulation, precision, accelerate config)
-        launch.json        the command line, executor, stages, resolved SLURM options, container and job ids
+        launch.json        the command line, executor, stages, resolved SLURM options, container and job ids (local
+                           runs: each job's process tag and the launching process, launchers/submit/local_job.py)
+        cancelled.json     the local jobs `launch cancel` or the launch's Ctrl-C stopped (their state is CANCELLED)
         attempts.jsonl     one line each time a stage starts on rank 0 (requeues are counted from it)
         last_metrics.json  the train stage's latest logged metrics (`launch status`)
         mlflow.json        the MLflow run ids, so requeues continue the same runs
@@ -19,8 +21,9 @@
     <runs root>/mlflow.db               the embedded MLflow store
 
 A directory that is written in steps (a checkpoint, final/, base/, a prepared cache) holds COMPLETE_MARKER once it
-is whole; without it, it is partial and never read. The runs root is --runs-dir, else $CLUSTERFT_RUNS_DIR, else
-./runs.
+is whole; without it, it is partial and never read. A run's own file that cannot be read as written (empty, cut
+short, missing) is a `DamagedFile`: one line naming it, never a traceback. The runs root is --runs-dir, else
+$CLUSTERFT_RUNS_DIR, else ./runs.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.spec.errors import UserError
+from jobs.spec.plan import Plan
 
 RUNS_DIR_ENV = "CLUSTERFT_RUNS_DIR"
 COMPLETE_MARKER = ".complete"
@@ -42,6 +46,16 @@ LAUNCH_FILE = "launch.json"  # the mark of a run directory: `launch status` list
 EXPORT_RECORD = "export.json"  # inside each export/vN/
 EVAL_RESULTS = "results.json"  # inside each eval/<model>-<time>/
 _VERSION = re.compile(r"^v(\d+)$")
+
+
+class DamagedFile(UserError):
+    """A run's own file that cannot be read as launch wrote it: `path` and what is wrong with it, e.g. "is not
+    valid JSON (empty)". `launch status` lists such a run as DAMAGED; every other command stops on it (exit 2)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} {problem}")
+        self.path = path
+        self.problem = problem
 
 
 def runs_root(flag: str | None) -> Path:
@@ -116,6 +130,10 @@ class RunDir:
         return self.path / LAUNCH_FILE
 
     @property
+    def cancelled_file(self) -> Path:
+        return self.path / "cancelled.json"
+
+    @property
     def attempts_file(self) -> Path:
         return self.path / "attempts.jsonl"
 
@@ -178,14 +196,34 @@ class RunDir:
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @staticmethod
-    def read_json(path: Path) -> dict[str, Any]:
-        return json.loads(path.read_text()) if path.exists() else {}
+    def read_json(path: Path, required: bool = False) -> dict[str, Any]:
+        """A JSON object the launcher or a stage wrote; {} when the file is not there (unless `required`)."""
+        if not path.exists() and not required:
+            return {}
+        data = _parse_json(path, _read_text(path))
+        if not isinstance(data, dict):
+            raise DamagedFile(path, f"is not a JSON object (it holds a {type(data).__name__})")
+        return data
+
+    def check_recipe(self) -> None:
+        """recipe.yaml is there and holds something (what it holds is checked where it is read:
+        launchers.recipe.load.resolve_saved)."""
+        if not _read_text(self.recipe_file).strip():
+            raise DamagedFile(self.recipe_file, "is empty")
+
+    def read_plan(self) -> Plan:
+        data = self.read_json(self.plan_file, required=True)
+        try:
+            return Plan(**data)
+        except TypeError:
+            raise DamagedFile(self.plan_file, f"is not a plan (keys: {', '.join(sorted(data)) or 'none'})") from None
 
     # exports: export/v1, v2, ... each renamed into place when whole
     def versions(self) -> list[Path]:
         """The run's complete export versions, oldest first."""
         root = self.exports
-        found = [(int(m.group(1)), p) for p in root.glob("v*") if (m := _VERSION.match(p.name))] if root.is_dir() else []
+        found = [(int(m.group(1)), p) for p in root.glob("v*") if (m := _VERSION.match(p.name))] \
+            if root.is_dir() else []
         return [p for _, p in sorted(found)]
 
     def next_version(self) -> int:
@@ -222,8 +260,36 @@ class RunDir:
     def attempts(self) -> list[dict[str, Any]]:
         if not self.attempts_file.exists():
             return []
-        lines = self.attempts_file.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        attempts = []
+        for number, line in enumerate(_read_text(self.attempts_file).splitlines(), start=1):
+            if line.strip():
+                attempt = _parse_json(self.attempts_file, line, f"line {number} ")
+                if not isinstance(attempt, dict) or not isinstance(attempt.get("stage"), str):
+                    raise DamagedFile(self.attempts_file, f"line {number} is not an attempt of a stage")
+                attempts.append(attempt)
+        return attempts
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DamagedFile(path, "is missing") from None
+    except OSError as err:
+        raise DamagedFile(path, f"cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise DamagedFile(path, "is not UTF-8 text") from None
+
+
+def _parse_json(path: Path, text: str, where: str = "") -> Any:
+    if not text.strip():
+        raise DamagedFile(path, f"{where}is not valid JSON (empty)")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        detail = f"{err.msg}, line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) \
+            else "nested too deeply"
+        raise DamagedFile(path, f"{where}is not valid JSON ({detail})") from None
 
 
 def write_atomic(path: Path, text: str) -> None:

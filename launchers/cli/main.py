@@ -394,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"launch: error: {printable(str(err))}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before a local chain began (it handles its own: launchers/submit/local.py)
+        print("launch: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `launch recipes | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0

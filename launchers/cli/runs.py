@@ -23,12 +23,12 @@ def cmd_status(argv: Sequence[str]) -> int:
     runs_arguments(parser)
     args = parser.parse_args(argv)
     from jobs.spec.rundir import runs_root
-    from launchers.runs import all_runs, describe, find_run, summary_line
+    from launchers.runs import all_runs, describe, summary_line
     from launchers.text import table
 
     root = runs_root(args.runs_dir)
     if args.run:
-        print(describe(find_run(root, args.run)))
+        print(describe(whole_run(args.run, args.runs_dir)))
         return 0
     runs = all_runs(root)
     if not runs:
@@ -47,10 +47,9 @@ def cmd_logs(argv: Sequence[str]) -> int:
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the stage ends")
     runs_arguments(parser)
     args = parser.parse_args(argv)
-    from jobs.spec.rundir import runs_root
-    from launchers.runs import find_run, show_log
+    from launchers.runs import show_log
 
-    run = find_run(runs_root(args.runs_dir), args.run)
+    run = whole_run(args.run, args.runs_dir)
     return show_log(run, args.stage, args.rank, "err" if args.err else "out", args.follow)
 
 
@@ -59,10 +58,9 @@ def cmd_cancel(argv: Sequence[str]) -> int:
     parser.add_argument("run", metavar="RUN", help="run name, experiment/name, or a job id")
     runs_arguments(parser)
     args = parser.parse_args(argv)
-    from jobs.spec.rundir import runs_root
-    from launchers.runs import cancel, find_run
+    from launchers.runs import cancel
 
-    run = find_run(runs_root(args.runs_dir), args.run)
+    run = whole_run(args.run, args.runs_dir)
     cancelled = cancel(run)
     print(f"cancelled {', '.join(cancelled)}" if cancelled else f"nothing to cancel: every stage of {run.name} ended")
     return 0
@@ -118,8 +116,8 @@ def cmd_compare(argv: Sequence[str]) -> int:
                         "--experiment, else every run in the MLflow store)")
     parser.add_argument("--experiment", metavar="E", help="compare every run of this experiment (with RUNs: as well)")
     parser.add_argument("--format", choices=("text", "csv", "json"), default="text", help="output (default: text)")
-    parser.add_argument("--output", metavar="PNG", help="the plot (default: <runs root>/compare/<timestamp>-<group>.png;"
-                        " several groups: PNG-<group>.png; a directory: the default names in it)")
+    parser.add_argument("--output", metavar="PNG", help="the plot (default: <runs root>/compare/<timestamp>-"
+                        "<group>.png; several groups: PNG-<group>.png; a directory: the default names in it)")
     parser.add_argument("--x", choices=("tokens", "step"), default="tokens",
                         help="the plots' x axis: tokens seen (default; methods differ in tokens per step) or step")
     parser.add_argument("--print-only", action="store_true",
@@ -134,25 +132,45 @@ def cmd_compare(argv: Sequence[str]) -> int:
     return 0
 
 
-def idle_run(reference: str, runs_dir: str | None) -> tuple[Any, dict[str, Any]]:
-    """The run named `reference` and its launch record, if none of its stages is still queued or running."""
+def whole_run(reference: str, runs_dir: str | None) -> Any:
+    """The run named `reference`, if the files that make it are whole (launchers.runs.check_run), else
+    DamagedFile: what status, logs, cancel, resume, export and eval act on."""
     from jobs.spec.rundir import runs_root
-    from launchers.runs import TERMINAL, find_run, launch_record, stage_states
+    from launchers.runs import check_run, find_run
 
     run = find_run(runs_root(runs_dir), reference)
+    check_run(run)
+    return run
+
+
+def idle_run(reference: str, runs_dir: str | None) -> tuple[Any, dict[str, Any]]:
+    """The run named `reference` and its launch record, if it can start stages again: none of its stages still
+    queued or running, no launch running its chain."""
+    from launchers.runs import TERMINAL, launch_record, stage_states
+    from launchers.submit.local_job import running_launcher
+
+    run = whole_run(reference, runs_dir)
     record = launch_record(run)
     busy = [s for s in stage_states(run) if s.state not in TERMINAL and s.state != "IN-PROCESS"]
     if busy:
         raise UserError(f"run {run.name}: {busy[0].stage} is still {busy[0].state}: wait, or `launch cancel "
                         f"{run.name}` first")
+    launcher = running_launcher(record) if record["executor"] == "local" else None
+    if launcher is not None:
+        raise UserError(f"run {run.name}: its launch (pid {launcher.pid}) is still running the chain: wait, or "
+                        f"`launch cancel {run.name}` first")
     return run, record
 
 
 def start_again(run: Any, record: dict[str, Any], stages: tuple[str, ...], recipe: Any, history: str) -> int:
     """Run `stages` of an existing run again, where and how it was launched; noted in launch.json[history]."""
+    from jobs.spec.rundir import DamagedFile
     from launchers.submit.request import StartRequest
     from launchers.submit.start import start
 
+    if not record.get("resolved") and "argv" not in record:
+        raise DamagedFile(run.launch_file, 'has neither the sbatch options ("resolved") nor the command line ("argv") '
+                          "to start stages again with")
     resolved = record.get("resolved") or resolved_from_argv(record["argv"], recipe)
     request = StartRequest.again(run, record, recipe, stages, resolved)
     record.setdefault(history, []).append({"stages": list(stages), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

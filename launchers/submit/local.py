@@ -1,41 +1,79 @@
 """The runners for this machine: the stage chain as local processes (submitit's LocalExecutor, one process per
 rank, gloo on CPU) followed in the terminal, or every stage in this process (DebugExecutor, pdb works).
 
-Following: rank 0's output is streamed, the first failure is named by the exception line a rank wrote, Ctrl-C
-cancels (the run directory stays). Tested by tests/integration/test_local_training.py and the unit CLI tests.
+Following: rank 0's output is streamed; a failure is named (a rank killed by a signal, the exception line a rank
+wrote, an exit code). Ctrl-C (SIGINT), SIGTERM (what `launch cancel` sends this process) and SIGHUP only note that
+the chain must stop: it stops between two steps, never half-way through a submission, so no job is left behind
+unrecorded. Then the running job is stopped and noted cancelled, no later stage starts, the run directory stays,
+and one line says how to continue; the exit code is 128 + the signal (130 for Ctrl-C). Tested by
+tests/integration/test_local_training.py, tests/integration/test_local_cancel.py, tests/unit/test_local_stop.py and
+the unit CLI tests.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from jobs.spec.rundir import RunDir
 from launchers.submit.chain import stage_ranks
+from launchers.submit.local_job import new_tag, outcome, record_cancelled, stop_job
+from launchers.submit.processes import ProcessId
 from launchers.submit.request import StartRequest
 from launchers.submit.stage import Stage
 
-ERROR_LINE = re.compile(r"(?:\[rank(\d+)\]: )?([A-Za-z_.]*(?:Error|Exception|Interrupt)\b.*)$")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequests:
+    """While the chain runs, a stop signal is only noted (`received`); a signal the caller ignored (nohup) stays
+    ignored. The previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        self.received = self.received or signum
+
+    def __exit__(self, *_: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def run_local_chain(request: StartRequest, tasks: dict[str, Stage], record: dict[str, Any]) -> int:
-    """Each stage as a local job (the train stage with one process per rank), in order; stop at a failure."""
+    """Each stage as a local job (the train stage with one process per rank), in order; stop at a failure or when
+    asked to."""
     run, recipe = request.run, request.recipe
-    print(f"[launch] {recipe.name}: {', '.join(request.stages)} on {request.plan.world_size} local rank(s), "
-          f"run {run.path}", flush=True)
-    for stage, task in tasks.items():
-        nodes, ranks = stage_ranks(recipe, request.plan, stage)  # one node here: --local sets resources.nodes=1
-        job = local_executor(run.submitit, nodes * ranks, recipe.resources.minutes).submit(task)
-        record["jobs"][stage] = str(job.job_id)
+    with StopRequests() as stop:
+        record["launcher"] = ProcessId.current().as_record()
         run.write_json(run.launch_file, record)
-        status = follow_local(job, run, stage)
-        if status:
-            return status
+        print(f"[launch] {recipe.name}: {', '.join(request.stages)} on {request.plan.world_size} local rank(s), "
+              f"run {run.path}", flush=True)
+        for stage, task in tasks.items():
+            if stop.received:
+                return stopped(run, f"before the {stage} stage", stop.received)
+            nodes, ranks = stage_ranks(recipe, request.plan, stage)  # one node here: --local sets resources.nodes=1
+            tag = new_tag()
+            job = local_executor(run.submitit, tag, nodes * ranks, recipe.resources.minutes).submit(task)
+            record["jobs"][stage] = str(job.job_id)
+            record.setdefault("local_jobs", {})[str(job.job_id)] = tag
+            run.write_json(run.launch_file, record)
+            status = follow_local(job, run, stage, record, stop)
+            if status:
+                return status
     print(f"[launch] finished: {run.path}")
     return 0
 
@@ -55,26 +93,37 @@ def run_debug_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
     return 0
 
 
-def follow_local(job: Any, run: RunDir, stage: str) -> int:
-    """Stream rank 0's output until the job ends. 0 when it succeeded, 1 when it failed, 130 on Ctrl-C."""
+def follow_local(job: Any, run: RunDir, stage: str, record: dict[str, Any], stop: StopRequests) -> int:
+    """Stream rank 0's output until the job ends: 0 when it completed, 1 when it failed; when a stop signal came
+    first, the job is stopped and noted cancelled: 128 + the signal."""
     stdout = Path(str(job.paths.stdout).replace("%t", "0"))
     offset = 0
-    try:
-        while True:
-            finished = job.done()
-            offset = _copy_new(stdout, offset)
-            if finished:
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        job.cancel()
-        print(f"\n[launch] cancelled during {stage}; the run directory stays: {run.path}", file=sys.stderr)
-        return 130
-    if job.state in ("FAILED", "CANCELLED") or job.exception() is not None:
-        reason = last_error(run.submitit, str(job.job_id)) or job.state
-        print(f"[launch] {stage} failed: {reason}\n[launch] logs: {run.submitit}", file=sys.stderr)
-        return 1
-    return 0
+    while not job.done() and not stop.received:
+        offset = _copy_new(stdout, offset)
+        time.sleep(0.5)
+    job_id = str(job.job_id)
+    if stop.received and not job.done():
+        record_cancelled(run, [job_id])
+        stop_job(record, job_id)
+        _copy_new(stdout, offset)
+        return stopped(run, f"during the {stage} stage", stop.received)
+    _copy_new(stdout, offset)
+    ended = outcome(run, job_id, job.controller_exit)
+    if ended.state == "COMPLETED":
+        return 0  # a stop signal that came as it ended stops the chain before the next stage
+    stop_job(record, job_id)  # its controller killed: ranks it left behind must not run on unwatched
+    if ended.state == "CANCELLED":  # by `launch cancel`, which stops this process too (its signal may come next)
+        return stopped(run, f"during the {stage} stage", stop.received or signal.SIGTERM)
+    print(f"[launch] {stage} failed: {ended.reason}\n[launch] logs: {run.submitit}", file=sys.stderr)
+    return 1
+
+
+def stopped(run: RunDir, when: str, signum: int) -> int:
+    """The one line a stopped chain ends with; the exit code of a process that `signum` ended."""
+    cause = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    print(f"[launch] cancelled ({cause}) {when}; the run directory stays: {run.path}; continue it with: "
+          f"launch resume {run.name}", file=sys.stderr, flush=True)
+    return 128 + signum
 
 
 def _copy_new(path: Path, offset: int) -> int:
@@ -90,20 +139,6 @@ def _copy_new(path: Path, offset: int) -> int:
     return offset
 
 
-def last_error(log_dir: Path, job_id: str = "*") -> str | None:
-    """The last exception line any rank of a job wrote, e.g. 'rank 1: ValueError: ...'."""
-    found: list[tuple[float, str]] = []
-    for log in log_dir.glob(f"{job_id}_*_log.err"):
-        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-        for line in reversed(lines):
-            match = ERROR_LINE.match(line.strip())
-            if match:
-                rank = match.group(1) or log.name.split("_")[1]
-                found.append((log.stat().st_mtime, f"rank {rank}: {match.group(2)}"))
-                break
-    return max(found)[1] if found else None
-
-
 def local_gpu_count() -> int:
     """GPUs on this machine, without importing torch (nvidia-smi when present)."""
     if shutil.which("nvidia-smi") is None:
@@ -115,11 +150,11 @@ def local_gpu_count() -> int:
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
-def local_executor(folder: Path, ranks: int, minutes: int) -> Any:
-    """submitit's LocalExecutor: one process per rank on this machine (gloo on CPU, or one local GPU per rank)."""
-    import submitit
+def local_executor(folder: Path, tag: str, ranks: int, minutes: int) -> Any:
+    """One process per rank on this machine (gloo on CPU, or one local GPU per rank), tagged `tag`."""
+    from launchers.submit.local_controller import LocalStageExecutor
 
-    executor = submitit.LocalExecutor(folder=folder)
+    executor = LocalStageExecutor(folder, tag)
     executor.update_parameters(nodes=1, tasks_per_node=ranks, gpus_per_node=min(local_gpu_count(), ranks),
                                timeout_min=minutes)
     return executor

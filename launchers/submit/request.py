@@ -14,7 +14,7 @@ from typing import Any
 
 from jobs.spec.plan import Plan
 from jobs.spec.redaction import redact_text
-from jobs.spec.rundir import RunDir
+from jobs.spec.rundir import DamagedFile, RunDir
 from jobs.spec.schema import Recipe
 from launchers.submit.containers import Container
 from launchers.submit.slurm import SlurmOptions
@@ -55,6 +55,10 @@ class StartRequest:
         """`stages` of an existing run, where and how it was launched: `resolved` is launch.json's "resolved"
         (sbatch options and container); without its --dependency: the first launch waited for it already."""
         slurm = dict(resolved["slurm"], setup=tuple(resolved["slurm"].get("setup") or ()))
-        return cls(run, recipe, Plan(**run.read_json(run.plan_file)), record["executor"], stages,
-                   replace(SlurmOptions(**slurm), dependency=None), Container(**resolved["container"]),
-                   record.get("max_requeues", 3), fresh=False)
+        try:
+            options, container = SlurmOptions(**slurm), Container(**resolved["container"])
+        except TypeError:
+            raise DamagedFile(run.launch_file, "has sbatch options or a container this launch does not know "
+                                               '("resolved")') from None
+        return cls(run, recipe, run.read_plan(), record["executor"], stages, replace(options, dependency=None),
+                   container, record.get("max_requeues", 3), fresh=False)

@@ -1,7 +1,8 @@
 """The runners for this machine: the stage chain as local processes (submitit's LocalExecutor, one process per
 rank, gloo on CPU) followed in the terminal, or every stage in this process (DebugExecutor, pdb works).
 
-Following: rank 0's output is streamed; a failure is named (a rank killed by a signal, the exception line a rank
+Following: rank 0's output is streamed (launchers.submit.progress: a live progress line on a terminal, submitit's
+INFO lines left to the logs); a failure is named (a rank killed by a signal, the exception line a rank
 wrote, an exit code). Ctrl-C (SIGINT), SIGTERM (what `launch cancel` sends this process) and SIGHUP only note that
 the chain must stop: it stops between two steps, never half-way through a submission, so no job is left behind
 unrecorded. Then the running job is stopped and noted cancelled, no later stage starts, the run directory stays,
@@ -25,6 +26,7 @@ from jobs.spec.rundir import RunDir
 from launchers.submit.chain import stage_ranks
 from launchers.submit.local_job import new_tag, outcome, record_cancelled, stop_job
 from launchers.submit.processes import ProcessId
+from launchers.submit.progress import ProgressView
 from launchers.submit.request import StartRequest
 from launchers.submit.stage import Stage
 
@@ -97,17 +99,20 @@ def follow_local(job: Any, run: RunDir, stage: str, record: dict[str, Any], stop
     """Stream rank 0's output until the job ends: 0 when it completed, 1 when it failed; when a stop signal came
     first, the job is stopped and noted cancelled: 128 + the signal."""
     stdout = Path(str(job.paths.stdout).replace("%t", "0"))
+    view = ProgressView(sys.stdout)
     offset = 0
     while not job.done() and not stop.received:
-        offset = _copy_new(stdout, offset)
+        offset = _copy_new(stdout, offset, view)
         time.sleep(0.5)
     job_id = str(job.job_id)
     if stop.received and not job.done():
         record_cancelled(run, [job_id])
         stop_job(record, job_id)
-        _copy_new(stdout, offset)
+        _copy_new(stdout, offset, view, rest=True)
+        view.close()
         return stopped(run, f"during the {stage} stage", stop.received)
-    _copy_new(stdout, offset)
+    _copy_new(stdout, offset, view, rest=True)
+    view.close()
     ended = outcome(run, job_id, job.controller_exit)
     if ended.state == "COMPLETED":
         return 0  # a stop signal that came as it ended stops the chain before the next stage
@@ -126,17 +131,18 @@ def stopped(run: RunDir, when: str, signum: int) -> int:
     return 128 + signum
 
 
-def _copy_new(path: Path, offset: int) -> int:
+def _copy_new(path: Path, offset: int, view: ProgressView, rest: bool = False) -> int:
+    """What `path` gained since `offset`, to `view`: whole lines (a multi-byte character is never split), and with
+    `rest` (the job ended) a last line without its newline too; returns the new offset."""
     if not path.exists():
         return offset
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
+    with path.open("rb") as handle:
         handle.seek(offset)
         chunk = handle.read()
-        offset = handle.tell()
-    if chunk:
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-    return offset
+    cut = len(chunk) if rest else chunk.rfind(b"\n") + 1
+    if cut:
+        view.feed(chunk[:cut].decode("utf-8", errors="replace"))
+    return offset + cut
 
 
 def local_gpu_count() -> int:

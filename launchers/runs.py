@@ -23,7 +23,14 @@ from typing import Any
 from jobs.spec.errors import UserError, did_you_mean
 from jobs.spec.rundir import EVAL_RESULTS, EXPORT_RECORD, LAUNCH_FILE, DamagedFile, RunDir
 from jobs.spec.stages import STAGE_NAMES
-from launchers.submit.local_job import cancel_chain, cancelled_jobs, check_results, job_processes, outcome
+from launchers.submit.local_job import (
+    cancel_chain,
+    cancelled_jobs,
+    check_results,
+    job_processes,
+    outcome,
+    running_launcher,
+)
 from launchers.submit.processes import ProcessId
 from launchers.text import table
 
@@ -261,7 +268,7 @@ def log_path(run: RunDir, stage: str, rank: int, stream: str) -> Path:
 
 
 def show_log(run: RunDir, stage: str, rank: int, stream: str, follow: bool) -> int:
-    path = log_path(run, stage, rank, stream)
+    path = _when_submitted(run, stage, rank, stream) if follow else log_path(run, stage, rank, stream)
     offset = 0
     while True:
         if path.exists():
@@ -274,6 +281,23 @@ def show_log(run: RunDir, stage: str, rank: int, stream: str, follow: bool) -> i
             raise UserError(f"no {stream} log for rank {rank} of the {stage} stage yet ({path})")
         if not follow or _stage_finished(run, stage):
             return 0
+        time.sleep(1.0)
+
+
+def _when_submitted(run: RunDir, stage: str, rank: int, stream: str) -> Path:
+    """The log path once `stage` is submitted: a local chain submits each stage when the one before it ends, and
+    `launch logs RUN --stage train -f` during prepare waits for it (a note on stderr says so)."""
+    waiting = False
+    while True:
+        record = launch_record(run)
+        if stage in record.get("jobs", {}) or stage not in record.get("stages", []):
+            return log_path(run, stage, rank, stream)  # its log, or the usual error naming the stages
+        if record["executor"] != "local" or running_launcher(record) is None:
+            states = ", ".join(f"{s.stage} {s.state}" for s in stage_states(run)) or "nothing submitted"
+            raise UserError(f"the {stage} stage of {run.name} never started: its chain stopped before it ({states})")
+        if not waiting:
+            print(f"[logs] waiting for the {stage} stage of {run.name} to start...", file=sys.stderr, flush=True)
+            waiting = True
         time.sleep(1.0)
 
 

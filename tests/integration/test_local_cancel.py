@@ -163,3 +163,19 @@ def test_kill_9_of_a_rank_is_named_and_the_chain_stops(tmp_path: Path, cleanup: 
     assert_all_ended([controller, *below])
     assert "export" not in started.jobs()
     assert started.state("train") == "FAILED"
+
+
+def test_logs_follow_waits_for_a_stage_that_has_not_started(tmp_path: Path, cleanup: Callable) -> None:
+    """`launch logs RUN --stage train -f` while prepare runs: it waits, then streams train, and ends with it."""
+    started = Launch(tmp_path, "followed", "--stages", "prepare,train")
+    cleanup(started)
+    started.wait_until(lambda: "prepare" in started.jobs(), "prepare stage")
+    follower = subprocess.Popen([sys.executable, "-m", "launchers.cli.main", "logs", "followed", "--stage", "train",
+                                 "-f"], cwd=tmp_path, env=launch_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    started.wait_until(started.training, "training step")
+    assert "train" in started.jobs() and follower.poll() is None
+    assert launch("cancel", "followed", cwd=tmp_path).returncode == 0
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert "waiting for the train stage of followed to start" in err and "[train] rank 0/1" in out, (out, err)

@@ -191,9 +191,25 @@ def _run(command: list[str]) -> str | None:
 
 
 def local_state(run: RunDir, record: dict[str, Any], job_id: str) -> dict[str, str]:
-    """A local job: RUNNING while one of its own processes runs, then how it ended."""
-    state = "RUNNING" if job_processes(record, job_id) else outcome(run, job_id).state
-    return {"state": state, "nodes": "local"}
+    """A local job: RUNNING while one of its own processes runs, then how it ended; elapsed from its rank 0's start
+    (attempts.jsonl) to now, or to its last output when it ended."""
+    running = bool(job_processes(record, job_id))
+    state = "RUNNING" if running else outcome(run, job_id).state
+    started = [a["started"] for a in run.attempts() if str(a.get("job_id")) == job_id and "started" in a]
+    elapsed = "-"
+    if started:
+        outputs = [p.stat().st_mtime for p in run.submitit.glob(f"{job_id}_0_*")]
+        end = time.time() if running or not outputs else max(outputs)
+        elapsed = _duration(end - float(started[-1]))
+    return {"state": state, "nodes": "local", "elapsed": elapsed}
+
+
+def _duration(seconds: float) -> str:
+    """As SLURM's sacct writes Elapsed: [D-]HH:MM:SS."""
+    minutes, secs = divmod(max(0, int(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}" if days else f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
 def last_metrics(run: RunDir) -> dict[str, Any]:
@@ -210,6 +226,9 @@ def describe(run: RunDir) -> str:
         state = s.state
         if state == "TIMEOUT" and limit is not None and s.restarts >= limit:
             state = f"TIMEOUT (requeued {s.restarts}×, limit {limit})"
+        if s.stage == "train" and s.state == "RUNNING" and last_metrics(run).get("step") is not None:
+            progress = last_metrics(run)
+            state = f"RUNNING (step {progress['step']}/{progress.get('max_steps', '?')})"
         rows.append((s.stage, s.job_id, state, s.nodes, s.elapsed, str(s.restarts)))
     lines += table(rows)
     metrics = last_metrics(run)

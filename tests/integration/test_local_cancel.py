@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,6 +137,9 @@ def test_launch_cancel_from_another_process_stops_the_chain(tmp_path: Path, clea
     cleanup(started)
     started.wait_until(started.training, "training step")
     processes = started.job_processes("train")
+    status = launch("status", "cancelled", cwd=tmp_path).stdout  # where it is, and for how long
+    row = next(line for line in status.splitlines() if line.startswith("train "))
+    assert re.search(r"RUNNING \(step \d+/100000\)", row) and re.search(r"\d\d:\d\d:\d\d", row), status
 
     cancelled = launch("cancel", "cancelled", cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr

@@ -76,7 +76,7 @@ def run_local_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
             status = follow_local(job, run, stage, record, stop)
             if status:
                 return status
-    print(f"[launch] finished: {run.path}")
+    print(finished_summary(run), flush=True)
     return 0
 
 
@@ -91,7 +91,7 @@ def run_debug_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
         record["jobs"][stage] = str(job.job_id)
         run.write_json(run.launch_file, record)
         job.result()
-    print(f"[launch] finished: {run.path}")
+    print(finished_summary(run), flush=True)
     return 0
 
 
@@ -121,6 +121,22 @@ def follow_local(job: Any, run: RunDir, stage: str, record: dict[str, Any], stop
         return stopped(run, f"during the {stage} stage", stop.received or signal.SIGTERM)
     print(f"[launch] {stage} failed: {ended.reason}\n[launch] logs: {run.submitit}", file=sys.stderr)
     return 1
+
+
+def finished_summary(run: RunDir) -> str:
+    """The end of a chain that ran here: the numbers it ended with, where its outputs are, what to do next."""
+    from launchers.runs import last_metrics, outputs
+
+    lines = [f"[launch] finished: {run.path}"]
+    metrics = last_metrics(run).get("metrics", {})
+    shown = [f"{label} {metrics[key]:.4f}" for key, label in (("train/loss", "train loss"), ("eval/loss", "eval loss"))
+             if isinstance(metrics.get(key), int | float)]
+    if shown:
+        lines.append(f"[launch] {', '.join(shown)}")
+    lines += [f"[launch] {line}" for line in outputs(run)]
+    lines.append(f"[launch] next: launch compare {run.name} OTHER-RUN  |  launch generate {run.name} --prompt "
+                 f"'def fib(n):'  |  launch export {run.name}  |  launch mlflow-server")
+    return "\n".join(lines)
 
 
 def stopped(run: RunDir, when: str, signum: int) -> int:

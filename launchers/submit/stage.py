@@ -118,12 +118,15 @@ class Stage:
             RunDir(context.run_dir).record_attempt(self.name, str(job.job_id), node)
         if not BY_NAME[self.name].online:
             work_offline()  # the prepare stage fetched what the run needs into the shared cache
+        importing = time.monotonic()
+        job = job_of(self.name)
         working = time.monotonic()
-        result = job_of(self.name)(self.recipe, self.plan, context)
+        result = job(self.recipe, self.plan, context)
         leave_process_group()
-        if context.is_main:  # from the process's start: imports and start-up are the stage's time too
-            print(f"[{self.name}] done in {time.time() - process_started():.1f} s "
-                  f"({time.monotonic() - working:.1f} s of work after start-up)", flush=True)
+        if context.is_main:  # from the process's start: start-up and imports are the stage's time too
+            total, work = time.time() - process_started(), time.monotonic() - working
+            print(f"[{self.name}] done in {total:.1f} s: {total - work - (working - importing):.1f} s start-up, "
+                  f"{working - importing:.1f} s imports, {work:.1f} s work", flush=True)
         # The work is done: a time-limit warning arriving now (a job that ends in its last minutes) must neither
         # requeue it nor kill the process while submitit writes the result.
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)

@@ -225,6 +225,8 @@ def resolve_saved(
     """A run's recipe.yaml (resolved at launch) with overrides and flags on top, e.g. for `launch export RUN
     export.dtype=bfloat16`: validated, redacted and reported exactly like a launch."""
     data, origins = _merge_layers([read_yaml(path)], overrides, flags)
+    if not isinstance(data.get("name"), str):  # written at launch: without it the file is not a resolved recipe
+        raise UserError(f"{display_path(path)}: not a resolved recipe (no name): the run directory is damaged")
     return _validate(data, origins)
 
 

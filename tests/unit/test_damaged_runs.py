@@ -153,3 +153,13 @@ def test_a_run_with_no_stage_started_is_not_completed(launch: Launch, runs: tupl
     edit_launch(hurt, lambda record: record.update(jobs={}))
     rows = launch("status").out
     assert "tiny-starcoder/hurt  local     NOT STARTED" in rows, rows
+
+
+@pytest.mark.parametrize("content", ["", "data:\n  seq_length: 256\n"], ids=["empty", "no-name"])
+def test_generate_on_a_run_whose_recipe_is_not_a_recipe(launch: Launch, runs: tuple[RunDir, RunDir],
+                                                        content: str) -> None:
+    """generate and judge read recipe.yaml without the run checks: the loader itself says the file is damaged."""
+    _, hurt = runs
+    hurt.recipe_file.write_text(content)
+    line = assert_one_error_line(launch("generate", "hurt", "--prompt", "def f():"))
+    assert "recipe.yaml: not a resolved recipe" in line, line

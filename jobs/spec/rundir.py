@@ -187,10 +187,14 @@ class RunDir:
         if self.path.exists():
             raise UserError(f"run {self.experiment}/{self.name} already exists at {self.path}: choose another --name")
 
-    def create(self) -> None:
+    def create(self) -> Path:
+        """Make the run directory; returns the outermost directory this made (the runs root on a first launch),
+        which is what removing it again must remove."""
         self.check_new()
+        outermost = next(p for p in reversed((self.path, *self.path.parents)) if not p.exists())
         self.path.mkdir(parents=True)
         self.submitit.mkdir()
+        return outermost
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -16,6 +16,7 @@ Bad input exits 2 with one line naming the file:line, key or flag.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -297,7 +298,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         raise UserError("sbatch not found: this machine is not a SLURM login node (use --local to run here, "
                         "or --dry-run to see the job)")
     warn_on_lora_targets(resolved)
-    run.create()
+    request = dataclasses.replace(request, created=run.create())
     run.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
     run.write_json(run.plan_file, plan.as_dict())
     record = request.launch_record(list(argv))

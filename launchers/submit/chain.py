@@ -94,14 +94,15 @@ def submit_chain(
 
 def submit_slurm_chain(request: StartRequest, tasks: dict[str, Stage], record: dict[str, Any]) -> int:
     """The runner for SLURM: submit the chain, record the job ids, print them (or only the last with --parsable).
-    A fresh run SLURM refused is removed again: nothing was submitted, so nothing is left behind."""
+    A new run SLURM refused is removed again, with the directories making it made (the experiment's, the runs
+    root): nothing was submitted, so nothing is left behind."""
     run, container = request.run, request.container
     jobs = chain_jobs(request.recipe, request.plan, request.options, request.stages, container.srun_args(run.root))
     try:
         ids = submit_chain(tasks, jobs, run.submitit, request.max_requeues, container.python(run.root))
     except UserError:
-        if request.fresh:
-            shutil.rmtree(run.path, ignore_errors=True)
+        if request.created is not None:
+            shutil.rmtree(request.created, ignore_errors=True)
         raise
     record["jobs"].update(ids)
     run.write_json(run.launch_file, record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from jobs.spec.plan import Plan
@@ -32,7 +33,7 @@ class StartRequest:
     container: Container
     max_requeues: int
     parsable: bool = False
-    fresh: bool = True  # a new run directory: removed again if SLURM refuses the chain (nothing is left behind)
+    created: Path | None = None  # what making the run directory made: removed again if SLURM refuses the chain
 
     def tasks(self) -> dict[str, Stage]:
         """What each stage's ranks run (pickled by submitit)."""
@@ -61,4 +62,4 @@ class StartRequest:
             raise DamagedFile(run.launch_file, "has sbatch options or a container this launch does not know "
                                                '("resolved")') from None
         return cls(run, recipe, run.read_plan(), record["executor"], stages, replace(options, dependency=None),
-                   container, record.get("max_requeues", 3), fresh=False)
+                   container, record.get("max_requeues", 3))

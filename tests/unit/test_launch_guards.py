@@ -6,6 +6,7 @@ relative data path (checked like any local file), a secret-looking override (nev
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -63,3 +64,18 @@ def test_dependency_format_and_lookup(text: str, message: str) -> None:
 
     with pytest.raises(UserError, match=re.escape(message)):
         check_dependency(text)
+
+
+def test_a_refused_first_submission_leaves_no_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch refuses (a stand-in here; tests/cluster/test_slurm.py has the real one): the run directory, and the
+    runs root this first launch made, are gone again."""
+    shim = tmp_path / "bin" / "sbatch"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nosuch' >&2\nexit 1\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "lora", "tiny-starcoder", "-p", "nosuch")
+    assert code == 2 and err == "launch: error: sbatch refused the prepare job: invalid partition specified: nosuch\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]

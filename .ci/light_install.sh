@@ -24,4 +24,15 @@ rc=0; err="$("$venv/bin/launch" lora tiny-starcoder --local --runs-dir "$runs" 2
 if [ "$rc" -ne 2 ] || [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || [ -e "$runs" ]; then
   printf 'launch --local without torch: expected exit 2 and one line, got %s:\n%s\n' "$rc" "$err" >&2; exit 1
 fi
-echo "light install: launch --dry-run works without torch; --local says what is missing"
+# submitting from it: a warning that the jobs' Python lacks the stack, then sbatch's answer (a stand-in that refuses
+# here) as one line, exit 2, nothing left behind
+mkdir -p "$(dirname "$venv")/bin"
+printf '#!/bin/sh\necho "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n' >"$(dirname "$venv")/bin/sbatch"
+chmod +x "$(dirname "$venv")/bin/sbatch"
+rc=0; err="$(PATH="$(dirname "$venv")/bin:$PATH" "$venv/bin/launch" full-ft tiny-starcoder -p gpu --runs-dir "$runs" 2>&1)" || rc=$?
+if [ "$rc" -ne 2 ] || ! printf '%s\n' "$err" | grep -q "^warning: the jobs will run .* cannot import torch" \
+   || [ "$(printf '%s\n' "$err" | grep -c '^launch: error: sbatch refused')" -ne 1 ] || [ -e "$runs" ]; then
+  printf 'submitting from the light install: expected the warning, one error line and exit 2, got %s:\n%s\n' \
+    "$rc" "$err" >&2; exit 1
+fi
+echo "light install: launch --dry-run works without torch; --local says what is missing; a submission warns"

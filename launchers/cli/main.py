@@ -297,6 +297,8 @@ def cmd_run(argv: Sequence[str]) -> int:
     if executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("sbatch not found: this machine is not a SLURM login node (use --local to run here, "
                         "or --dry-run to see the job)")
+    if executor == "slurm":
+        warn_on_job_python(request.container)
     warn_on_lora_targets(resolved)
     request = dataclasses.replace(request, created=run.create())
     run.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
@@ -358,6 +360,19 @@ def model_summary(model: Any) -> str:
     if is_hub_id(model.name_or_path):
         return f"{model.name_or_path} @ {model.revision} (the prepare stage fetches it; later stages run offline)"
     return model.name_or_path
+
+
+def warn_on_job_python(container: Any) -> None:
+    """Without a container the jobs run this Python on the compute nodes: say so when it lacks the training stack
+    (the light login-node install), before the queue wait, not after it."""
+    if container.apptainer_image or container.pyxis_image:
+        return
+    missing = [name for name in ("torch", "transformers", "trl", "peft") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"warning: the jobs will run {sys.executable} on the compute nodes, and it cannot import "
+              f"{', '.join(missing)} (the launcher-only install): they will fail at start. Install the stack into "
+              "it (pip install -e '.[train]') or run them in a container (--container IMAGE.sif, --container-image IMAGE)",
+              file=sys.stderr)
 
 
 def warn_on_lora_targets(resolved: Any) -> None:

@@ -41,7 +41,7 @@ def test_a_resume_reads_the_recorded_options_back(tmp_path: Path) -> None:
     assert again.options.setup == ("module load cuda",) and again.options.account == "proj"
     assert not again.options.requeue and again.options.job_name == "mine"
     assert again.container == request.container and again.container.pyxis_image == "nvcr.io/clusterft:1"
-    assert (again.plan, again.max_requeues, again.stages, again.fresh) == (request.plan, 5, ("train",), False)
+    assert (again.plan, again.max_requeues, again.stages, again.created) == (request.plan, 5, ("train",), None)
 
 
 def test_an_older_record_resumes_through_its_command_line(tmp_path: Path) -> None:

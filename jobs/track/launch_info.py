@@ -63,6 +63,10 @@ def requeues(run_dir: Path) -> int:
     return sum(max(0, n - 1) for n in counts.values())
 
 
+VIEW_PARAMS = ("method", "learning_rate", "lora_r", "quantization", "global_batch", "seq_length", "nodes_x_ranks",
+               "backend", "planned_verdict")  # launch_params' names shown in MLflow's runs table (summary.compare_view)
+
+
 def launch_params(recipe: Any, plan: Any) -> dict[str, str]:
     """The params a person compares between launches, under short names (MLflow's runs table shows them as
     columns); the whole recipe and plan are the parent's recipe.yaml and plan.json artifacts."""

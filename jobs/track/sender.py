@@ -38,7 +38,9 @@ from typing import Any
 
 from jobs.spec.redaction import redact_text
 from jobs.spec.rundir import public_uri
+from jobs.track.launch_info import VIEW_PARAMS
 from jobs.track.spool import Spool, parse
+from jobs.track.summary import VIEW_TAG, compare_view
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000  # MLflow's log_batch limits
 SPOOL_KEY_TAG = "clusterft.spool_key"
@@ -278,12 +280,14 @@ class Sender:
             if self.uri.startswith("sqlite:"):  # the embedded store keeps artifacts next to it, in the runs root
                 location = (self.run.root / "mlartifacts" / name).as_uri()
             try:  # a fine-tuning experiment: MLflow 3's UI opens it on runs and charts, not its GenAI pages
-                self.client.create_experiment(name, artifact_location=location,
-                                              tags={EXPERIMENT_KIND_TAG: "finetuning"})
+                tags = {EXPERIMENT_KIND_TAG: "finetuning", VIEW_TAG: compare_view(VIEW_PARAMS)}
+                self.client.create_experiment(name, artifact_location=location, tags=tags)
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
             found = self.client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage != "deleted" and VIEW_TAG not in found.tags:
+            self.client.set_experiment_tag(found.experiment_id, VIEW_TAG, compare_view(VIEW_PARAMS))  # made elsewhere
         if found is None or found.lifecycle_stage == "deleted":
             # not a refusal: nothing is dropped; restore the experiment (or remove it for good) and sync again
             raise Transient(f"experiment {name!r} is deleted on the server: restore it, then `launch sync`")

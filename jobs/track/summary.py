@@ -15,12 +15,30 @@ base_heldout_loss.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 EVAL_SUMMARY = ("humaneval_pass_at_1", "fim_exact_match", "fim_edit_similarity", "heldout_loss", "base_heldout_loss")
+TRAIN_SUMMARY = ("train_loss", "eval_loss", "best_eval_loss", "tokens_per_s", "gpu_hours", "cpu_rank_hours",
+                 "peak_memory_gb")
+# MLflow's UI keeps a "shared view" (the runs table's columns) in an experiment tag and opens it from the URL:
+# <server>/#/experiments/<id>/runs?viewStateShareKey=clusterft shows the parents' summary side by side.
+VIEW_KEY = "clusterft"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def compare_view(params: Sequence[str]) -> str:
+    """The shared view's JSON: the summary metrics and `params` (jobs.track.launch_info.VIEW_PARAMS) as columns."""
+    columns = [f"metrics.`{name}`" for name in (*TRAIN_SUMMARY, *EVAL_SUMMARY[:3], "heldout_loss")]
+    columns += [f"params.`{name}`" for name in params]
+    return json.dumps({"selectedColumns": list(dict.fromkeys(columns)), "columnOrder": [], "runsExpanded": {}})
+
+
+def view_url(server: str, experiment_id: str) -> str:
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
 def train_summary(history: Sequence[dict[str, Any]], speeds: Sequence[float], world_size: int, on_gpu: bool,

@@ -9,9 +9,10 @@ restarts, executor) and the files recipe.yaml (the whole recipe), plan.json, lau
 Each stage (prepare, train, export, eval) is a child run (`<stage> · <name>`: the stage first, where MLflow's table
 truncates, tagged mlflow.parentRunId, clusterft.stage and the recipe tags) with its metrics and, at its end, its
 rank-0 logs and — for LoRA/QLoRA training — the adapter. An experiment the tracker creates is marked a fine-tuning
-experiment (tag mlflow.experimentKind), so MLflow 3's UI opens it on its runs and charts, not its GenAI pages. Run ids live in <run>/mlflow.json ({"parent": id, "train": id, ...,
-"tracking_uri": uri without credentials}); whichever stage starts first creates the parent, a requeued or relaunched
-stage continues its own child run.
+experiment (tag mlflow.experimentKind), so MLflow 3's UI opens it on its runs and charts, not its GenAI pages; every
+experiment it logs to gets the shared view of the parents' summary columns (jobs.track.summary: VIEW_TAG). Run ids
+live in <run>/mlflow.json ({"parent": id, "train": id, ..., "tracking_uri": uri without credentials}); whichever
+stage starts first creates the parent, a requeued or relaunched stage continues its own child run.
 
 Outages. Every call is first a line in <run>/mlflow-spool/ (see jobs.track.spool): the training loop never touches the
 network. A background thread sends the spool; at the stage's end `finish()` waits at most
@@ -24,8 +25,8 @@ Secrets. Params, tags and the files sent are redacted first (jobs.spec.redaction
 shaped like tokens become "***redacted***". The environment is never logged.
 
 Metrics of the prepare child: its report (data/*, the counts that are not zero). Of the train child: what the trainer
-logs (train/loss, train/learning_rate, train/grad_norm, train/tokens_per_s, eval/loss, summary/*), system metrics (system/*, see
-jobs.track.system) every $CLUSTERFT_SYSTEM_METRICS_S seconds (default 15; 0 turns them off) and
+logs (train/loss, train/learning_rate, train/grad_norm, train/tokens_per_s, eval/loss, summary/*), system metrics
+(system/*, see jobs.track.system) every $CLUSTERFT_SYSTEM_METRICS_S seconds (default 15; 0 turns them off) and
 train/peak_memory_gb at the end.
 
 Models. The final adapter of a LoRA/QLoRA run is an artifact (small). A full fine-tune is never uploaded by default:

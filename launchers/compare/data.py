@@ -31,6 +31,7 @@ class RunSummary:
     eval_metrics: dict[str, float] = field(default_factory=dict)  # the eval child's latest values
     train_seconds: float | None = None
     label: str = ""  # name, or experiment/name when the comparison spans several experiments
+    experiment_id: str = ""
 
     @property
     def method(self) -> str:

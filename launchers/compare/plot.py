@@ -82,8 +82,8 @@ def figure(g: Group, x: str = "tokens") -> Any:
             best = run.best_eval() if key == "eval/loss" else None
             if best is not None and len(history) > 1:
                 starred = True
-                ax.plot([_tokens(run, best[0]) if by_tokens else best[0]], [best[1]], marker="*", markersize=13, color=colour, markeredgecolor="white",
-                        linestyle="none", zorder=5)
+                ax.plot([_tokens(run, best[0]) if by_tokens else best[0]], [best[1]], marker="*", markersize=13,
+                        color=colour, markeredgecolor="white", linestyle="none", zorder=5)
         ax.set_title(title, fontsize=12)
         ax.set_xlabel("tokens seen" if by_tokens else "step")
         ax.set_ylabel(ylabel)

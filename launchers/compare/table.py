@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 from jobs.spec.rundir import public_uri
+from jobs.track.summary import view_url
 from launchers.compare.data import Comparison, Delta, RunSummary
 from launchers.text import table
 
 HEADER = ("RUN", "RECIPE", "METHOD", "STEPS", "LAST EVAL LOSS", "BEST EVAL (STEP)", "LAST TRAIN LOSS",
           "MEDIAN TOKENS/S", "COMPUTE", "PEAK MEM", "HUMANEVAL@1", "FIM EM", "HELDOUT LOSS")
+LOCAL_SERVER = "http://127.0.0.1:5000"  # `launch mlflow-server` with its defaults
 CSV_FIELDS = ("experiment", "run", "recipe", "method", "model", "model_name", "data", "status", "steps",
               "final_eval_loss", "best_eval_loss", "best_eval_step", "final_train_loss", "median_tokens_per_s",
               "world_size", "gpus_per_node", "nodes", "gpu_type", "restarts", "train_seconds", "gpu_hours",
@@ -37,7 +39,21 @@ def render(comparison: Comparison, fmt: str, plots: dict[str, Path] | None = Non
     lines += [f"plot: {path}" for path in plots.values()]
     if logged:
         lines.append(f"logged to {len(comparison.runs)} parent run(s) as {logged}/")
+    lines += ui_links(comparison)
     return "\n".join(lines) + "\n"
+
+
+def ui_links(comparison: Comparison) -> list[str]:
+    """Where MLflow's UI shows these runs' summaries side by side (the experiment's shared view, jobs.track.summary):
+    on the tracking server, or on `launch mlflow-server` over a local store."""
+    server = public_uri(comparison.uri)
+    local = not server.startswith(("http://", "https://"))
+    ids = dict.fromkeys(run.experiment_id for run in comparison.runs if run.experiment_id)
+    links = [view_url(LOCAL_SERVER if local else server, experiment_id) for experiment_id in ids]
+    if not links:
+        return []
+    where = "launch mlflow-server, then open" if local else "open"
+    return [f"in MLflow's UI: {where} {' '.join(links)}"]
 
 
 def to_text(comparison: Comparison) -> str:

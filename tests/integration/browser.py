@@ -21,7 +21,7 @@ import pytest
 PACKAGE = "chromium-headless-shell"
 TIMEOUT_S = 180
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
-         "--disable-extensions", "--no-first-run", "--hide-scrollbars", "--window-size=1400,1000",
+         "--disable-extensions", "--no-first-run", "--hide-scrollbars", "--window-size=2400,1000",
          "--virtual-time-budget=30000")
 
 

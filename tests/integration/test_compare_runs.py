@@ -56,17 +56,20 @@ def test_full_ft_and_qlora_of_the_same_model_and_data_are_paired(tmp_path: Path,
         assert logged == {"compare.txt", "compare.csv", png.name}
 
     parents = [row["parent_run_id"] for row in document["runs"]]
-    the_compare_page_shows_the_summaries(tmp_path, root, parents)
+    text = compare(root, ["full-ft", "qlora"], fmt="text")
+    (link,) = [line.split()[-1] for line in text.splitlines() if line.startswith("in MLflow's UI: ")]
+    the_compare_page_shows_the_summaries(tmp_path, root, parents, link)
 
 
 SUMMARY = ("train_loss", "eval_loss", "best_eval_loss", "tokens_per_s", "cpu_rank_hours", "peak_memory_gb")
 COMPARED_PARAMS = ("method", "learning_rate", "global_batch", "seq_length", "nodes_x_ranks", "backend")
 
 
-def the_compare_page_shows_the_summaries(tmp_path: Path, root: Path, run_ids: list[str]) -> None:
-    """`launch mlflow-server` over the runs root; MLflow's compare page of the two launches, in headless Chromium:
-    the page names both runs and shows their summary metrics and compared params side by side, and the screenshot
-    is a real page (large, many colours), not a blank or error."""
+def the_compare_page_shows_the_summaries(tmp_path: Path, root: Path, run_ids: list[str], link: str) -> None:
+    """`launch mlflow-server` over the runs root, in headless Chromium: MLflow's compare page of the two launches
+    names both runs and shows their summary metrics and compared params side by side, and the screenshot is a real
+    page (large, many colours), not a blank or error; the experiment's runs table, opened from the link `launch
+    compare` prints (its shared view), has the summary columns (experiment-runs.png)."""
     browser = Browser.find_or_install()
     port = free_port()
     log = (tmp_path / "server.log").open("w")
@@ -91,6 +94,10 @@ def the_compare_page_shows_the_summaries(tmp_path: Path, root: Path, run_ids: li
         assert not missing, f"not on MLflow's compare page: {missing}"
         for run in runs:  # each launch's own value: its train loss, as the page rounds it (3 decimals)
             assert f"{round(run.data.metrics['train_loss'], 3):g}" in dom, run.data.metrics
+        table = browser.dom(link.replace("http://127.0.0.1:5000", uri))
+        missing = [name for name in (*SUMMARY, "method", "learning_rate") if f">{name}<" not in table]
+        assert not missing and all(r.info.run_name in table for r in runs), f"runs table lacks {missing}"
+        browser.screenshot(link.replace("http://127.0.0.1:5000", uri), tmp_path / "experiment-runs.png")
         png = browser.screenshot(page, tmp_path / "compare-page.png")
         import matplotlib.image
 

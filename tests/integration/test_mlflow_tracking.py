@@ -196,6 +196,8 @@ def test_parent_and_child_runs_with_every_metric(workdir: Path, server: MlflowSe
     parent_run = mlflow.get_run(ids["parent"])
     experiment = mlflow.get_experiment(parent_run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "finetuning"  # MLflow's UI opens it on runs, not GenAI
+    view = json.loads(experiment.tags["mlflow.sharedViewState.clusterft"])  # the runs table's summary columns
+    assert "metrics.`train_loss`" in view["selectedColumns"] and "params.`method`" in view["selectedColumns"]
     parent = parent_run.data  # the runs table's columns in MLflow's UI
     assert {"train_loss", "eval_loss", "best_eval_loss", "tokens_per_s", "cpu_rank_hours", "peak_memory_gb"} <= set(
         parent.metrics), sorted(parent.metrics)

@@ -409,3 +409,10 @@ def test_without_mlflow_the_error_names_the_extra(store: tuple[Path, dict[str, s
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # a login node with the launcher only
     with pytest.raises(UserError, match=r"the track extra: pip install -e '\.\[track\]' \(here: mlflow\.tracking"):
         compare(root)
+
+
+def test_the_text_ends_with_where_mlflows_ui_shows_the_summaries(store: tuple[Path, dict[str, str]]) -> None:
+    root, _ = store
+    last = compare(root, ["sc-full", "sc-qlora"], write=False).splitlines()[-1]
+    assert re.fullmatch(r"in MLflow's UI: launch mlflow-server, then open http://127\.0\.0\.1:5000/#/experiments/"
+                        r"\d+/runs\?viewStateShareKey=clusterft", last), last

@@ -37,8 +37,7 @@ def parent_tags(run: RunDir, recipe: Any, plan: Any) -> dict[str, str]:
     tags["mlflow.source.git.commit"] = tags["clusterft.git_commit"]
     if recipe is not None:
         resources = recipe.resources
-        tags.update({"clusterft.model": recipe.model.name_or_path,
-                     "clusterft.gpus_per_node": str(resources.gpus_per_node),
+        tags.update({"clusterft.gpus_per_node": str(resources.gpus_per_node),
                      "clusterft.gpu_type": resources.gpu_type or "none"})
     if plan is not None:
         tags.update({"clusterft.nodes": str(plan.nodes), "clusterft.world_size": str(plan.world_size),

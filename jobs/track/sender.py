@@ -14,7 +14,8 @@ Guarantees:
   step, timestamp, value) of MLflow's SQL stores, which drop exact duplicates (`SqlAlchemyStore._log_metrics`);
   a param re-logged with the same value, a tag, a status, an artifact (same path) overwrite themselves. Creating a
   run is the one operation that is not: each create line carries a random key, set as the tag
-  `clusterft.spool_key`, and the sender looks that tag up before creating — a run created just before a crash is
+  `mlflow.clusterft.spoolKey` (under mlflow.: MLflow's UI keeps it out of sight), and the sender looks that tag up
+  before creating — a run created just before a crash is
   found, not made twice. Its id goes to mlflow.json at once.
 - One sender at a time per run: a process-wide lock plus flock on mlflow-spool/.lock (on a file system without
   flock the replay is still free of duplicates, by the rule above).
@@ -43,7 +44,7 @@ from jobs.track.spool import Spool, parse
 from jobs.track.summary import VIEW_TAG, compare_view
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000  # MLflow's log_batch limits
-SPOOL_KEY_TAG = "clusterft.spool_key"
+SPOOL_KEY_TAG = "mlflow.clusterft.spoolKey"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # The server refused the operation itself: retrying cannot help. Everything else (no connection, timeouts, 5xx,
 # 429, authentication) is transient: the line stays in the spool.

@@ -30,6 +30,7 @@ class RunSummary:
     histories: dict[str, History] = field(default_factory=dict)
     eval_metrics: dict[str, float] = field(default_factory=dict)  # the eval child's latest values
     train_seconds: float | None = None
+    params: dict[str, str] = field(default_factory=dict)  # the parent's: what a person compares (method, model, ...)
     label: str = ""  # name, or experiment/name when the comparison spans several experiments
     experiment_id: str = ""
 
@@ -116,7 +117,8 @@ class RunSummary:
         hours = self.compute_hours
         return {
             "experiment": self.experiment, "run": self.name, "recipe": self.recipe, "method": self.method,
-            "model": self.tags.get("clusterft.model", ""), "model_name": self.model_name, "data": self.data,
+            "model": self.params.get("model") or self.tags.get("clusterft.model", ""),  # the tag: older runs
+            "model_name": self.model_name, "data": self.data,
             "status": self.status, "steps": self.steps,
             "final_eval_loss": self.final("eval/loss"), "best_eval_loss": best[1] if best else None,
             "best_eval_step": best[0] if best else None, "final_train_loss": self.final("train/loss"),

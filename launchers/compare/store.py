@@ -198,7 +198,8 @@ def parent_of_ref(store: Store, root: Path, uri: str, ref: str) -> Any:
 def summarise(store: Store, parent: Any) -> RunSummary:
     tags = dict(parent.data.tags)
     summary = RunSummary(store.experiment_name(parent.info.experiment_id), parent.info.run_name or parent.info.run_id,
-                         parent.info.run_id, parent.info.status, tags, experiment_id=str(parent.info.experiment_id))
+                         parent.info.run_id, parent.info.status, tags, params=dict(parent.data.params),
+                         experiment_id=str(parent.info.experiment_id))
     children = store.children(parent)
     train = children.get("train")
     if train is not None:

@@ -37,7 +37,7 @@ EXPERIMENT = "mlflow-it"
 STEPS = 20
 HF = "hf_" + "Zq8Xw7Vu6Ts5Rq4Po3Nm2Lk1Ji0Hg9Fe"  # shaped like a Hugging Face token
 PASSWORD = "s3cret-Pa55word"
-PARENT_TAGS = ("clusterft.recipe", "clusterft.method", "clusterft.model", "clusterft.model_name", "clusterft.data",
+PARENT_TAGS = ("clusterft.recipe", "clusterft.method", "clusterft.model_name", "clusterft.data", "clusterft.data_name",
                "clusterft.run_dir", "clusterft.git_commit", "clusterft.nodes", "clusterft.gpus_per_node",
                "clusterft.world_size", "clusterft.gpu_type", "clusterft.container", "clusterft.slurm_job_ids",
                "clusterft.restarts")
@@ -140,6 +140,8 @@ def assert_shape(uri: str, run: Path, stages: tuple[str, ...]) -> None:
     assert tags["clusterft.nodes"] == "1" and tags["clusterft.gpus_per_node"] == "0"
     assert tags["clusterft.container"] == "none" and tags["clusterft.restarts"] == "0"
     assert json.loads(tags["clusterft.slurm_job_ids"]) == launch_record["jobs"]
+    visible = [tag for tag in tags if not tag.startswith("mlflow.")]  # what MLflow's UI lists
+    assert "clusterft.model" not in visible and not [tag for tag in visible if "spool" in tag], visible
     assert len(tags["clusterft.git_commit"]) == 40 or tags["clusterft.git_commit"] == "unknown"
     assert parent.data.params["steps"] == str(STEPS) and parent.data.params["nodes_x_ranks"] == "1x1"
     assert parent.data.params["method"] == "lora" and parent.data.params["lora_r"] == "8"

@@ -2,6 +2,7 @@
 ZeRO-3) of GPTBigCode models of two sizes (≥ 50M parameters, random init, fp32), next to `launch plan --gpu cpu`.
 
     .venv/bin/python bench/planner_cpu.py [--sizes 768x8,1024x10] [--steps 3] [--allocators default,mmap-1MiB]
+                                          [--backends ddp,deepspeed-zero3] [--repeats 3]
 
 Each case is a real `launch full-ft tiny-starcoder --local --nproc 2 --stages train` with the model's config
 (sequence 256, micro batch 2, no checkpoint before the final save) and one torch thread per rank, under glibc's
@@ -10,7 +11,8 @@ instead of staying in a fragmented heap). The rank
 processes' peak resident memory is their kernel high-water mark (VmHWM in /proc, read until they exit). The
 planner's figure per rank is its CPU-rank memory (model states, activations, buffers) plus the rank's runtime;
 rank 0 also writes the final model, the planner's "final save". The table shows measured, planned and their
-ratio per rank; docs/benchmarks.md records it.
+ratio per rank (with --repeats N: the median of N runs, the min–max beside it, and the ratio to the median);
+docs/benchmarks.md records it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,13 +83,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def measured(config: Path, backend: str, steps: int, work: Path, allocator: str) -> list[int]:
+def measured(config: Path, backend: str, steps: int, work: Path, allocator: str, repeat: int = 0) -> list[int]:
     """Peak RSS of each rank process (the two largest python descendants of the launch)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "MLFLOW_DISABLE_TELEMETRY": "true", "CLUSTERFT_SYSTEM_METRICS_S": "0", **ALLOCATORS[allocator]}
     command = [sys.executable, "-m", "launchers.cli.main", "full-ft", "tiny-starcoder", *overrides(config, backend,
                steps), "--local", "--nproc", "2", "--stages", "train", "--runs-dir", str(work / "runs"),
-               "--name", f"{backend}-{config.stem}-{allocator}"]
+               "--name", f"{backend}-{config.stem}-{allocator}-{repeat}"]
     launch = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, int] = {}
     while launch.poll() is None:
@@ -105,8 +108,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backends", default="ddp,deepspeed-zero3")
     parser.add_argument("--allocators", default=",".join(ALLOCATORS), help=f"of {', '.join(ALLOCATORS)}")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per case: the median and min-max are shown")
     args = parser.parse_args()
-    rows = [("model", "params", "backend", "glibc malloc", "rank", "measured GiB", "planned GiB", "planned/measured")]
+    rows = [("model", "params", "backend", "glibc malloc", "rank", "measured GiB (min-max)", "planned GiB",
+             "planned/measured")]
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         for size in args.sizes.split(","):
@@ -118,11 +123,14 @@ def main() -> None:
                 rank0 = per_rank + plan["final_save"] - plan["checkpoint"]  # and the final model being written
                 params = model_shape(json.loads(config.read_text())).parameters
                 for allocator in args.allocators.split(","):
-                    peaks = measured(config, backend, args.steps, work, allocator)
-                    for rank, (peak, expected) in enumerate(zip(peaks, (rank0, per_rank))):
+                    runs = [measured(config, backend, args.steps, work, allocator, i) for i in range(args.repeats)]
+                    for rank, expected in enumerate((rank0, per_rank)):
+                        peaks = sorted(run[rank] / GiB for run in runs)
+                        median = statistics.median(peaks)
+                        spread = f" ({peaks[0]:.2f}-{peaks[-1]:.2f})" if len(peaks) > 1 else ""
                         rows.append((config.stem, f"{params / 1e6:.0f}M", backend, allocator,
-                                     "0 (final save)" if rank == 0 else "1", f"{peak / GiB:.2f}", f"{expected:.2f}",
-                                     f"{expected / (peak / GiB):.2f}"))
+                                     "0 (final save)" if rank == 0 else "1", f"{median:.2f}{spread}",
+                                     f"{expected:.2f}", f"{expected / median:.2f}"))
                     print(rows[-2], rows[-1], flush=True)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     print("\n".join(" | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in rows))

@@ -111,7 +111,7 @@ def test_status_logs_and_cancel_on_a_running_job(tmp_path: Path) -> None:
 
     status = launch("status", "long", cwd=tmp_path)
     assert_ok(status)
-    assert re.search(r"^train\s+\d+\s+RUNNING\s+n1", status.stdout, re.M), status.stdout
+    assert re.search(r"^train\s+\d+\s+RUNNING \(step \d+/100000\)\s+n1", status.stdout, re.M), status.stdout
     assert re.search(r"^export\s+\d+\s+PENDING", status.stdout, re.M), status.stdout
     assert "last metrics (step" in status.stdout
 

@@ -65,10 +65,12 @@ usage:
                                               stream a completion from the run's model, here
   launch judge RUN_A RUN_B --questions F --judge-url URL --judge-model NAME
                                               both answer; an LLM judge compares them in both orders
-  launch compare [RUN ...] [--experiment E]   final/best metrics side by side, full vs qlora pairs, loss curves PNG
+  launch compare [RUN ...] [--experiment E] [--x tokens|step]
+                                              last/best metrics side by side, full vs qlora pairs, curves PNG
   launch sync RUN                             send to MLflow what a run spooled while the server was unreachable
   launch mlflow-server [--host H] [--port P] [--as-slurm-job]
                                               a team MLflow server (here or as a job); prints the URI to export
+  launch --version
 
 Overrides are key.path=value pairs on the resolved recipe, e.g. training.learning_rate=1e-4
 data.source=./mine.jsonl method.lora.r=16. Runs live in <runs root>/<experiment>/<name>/ and log to

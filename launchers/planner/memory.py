@@ -136,12 +136,16 @@ def _zero3_on_cpu(setup: Setup) -> GpuMemory:
     parameter per rank; gathered weights kept whole while stage3_max_live_parameters allows (the shipped 1e9 does);
     and at the optimizer step 12 bytes per parameter of temporaries (the flattened gradient, AdamW's intermediates),
     which glibc's default allocator places on top of the heap the forward's activations and gathered weights left
-    (freed, not reused: measured 2.2 GB of heap with 0.2 GB in use), so they add up rather than take turns."""
+    (freed, not reused: measured 2.2 GB of heap with 0.2 GB in use), so they add up rather than take turns. So do
+    the backward's full-size fp32 gradients of the gathered weights, 4 bytes per parameter, each made whole before
+    its reduce-scatter to the partition and freed into the same heap: with it the plan is within 10% of the median
+    of three runs at 50M and 109M parameters (bench/planner_cpu.py); the ranks still hold 2.4-2.8 bytes per
+    parameter more than this sum, unexplained."""
     shape, world = setup.shape, setup.world
     partition = shape.parameters // world
     gathered = 4 * (shape.parameters if setup.zero_max_live >= shape.parameters else shape.largest_module)
     activations = activation_bytes(setup)
-    transient = 12 * partition
+    transient = 12 * partition + 4 * shape.parameters
     fragmentation = int(FRAGMENTATION * (20 * partition + activations))
     return GpuMemory(4 * partition + gathered, 4 * partition, 12 * partition, activations, transient, 0, fragmentation)
 

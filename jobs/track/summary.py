@@ -25,7 +25,8 @@ EVAL_SUMMARY = ("humaneval_pass_at_1", "fim_exact_match", "fim_edit_similarity",
 TRAIN_SUMMARY = ("train_loss", "eval_loss", "best_eval_loss", "tokens_per_s", "gpu_hours", "cpu_rank_hours",
                  "peak_memory_gb")
 # MLflow's UI keeps a "shared view" (the runs table's columns) in an experiment tag and opens it from the URL:
-# <server>/#/experiments/<id>/runs?viewStateShareKey=clusterft shows the parents' summary side by side.
+# <server>/#/experiments/<id>/runs?viewStateShareKey=clusterft&workflowType=machine_learning shows the parents'
+# summary side by side, in the UI's model-training mode (its default is the GenAI one).
 VIEW_KEY = "clusterft"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
@@ -38,7 +39,8 @@ def compare_view(params: Sequence[str]) -> str:
 
 
 def view_url(server: str, experiment_id: str) -> str:
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+            "&workflowType=machine_learning")
 
 
 def train_summary(history: Sequence[dict[str, Any]], speeds: Sequence[float], world_size: int, on_gpu: bool,

@@ -415,4 +415,4 @@ def test_the_text_ends_with_where_mlflows_ui_shows_the_summaries(store: tuple[Pa
     root, _ = store
     last = compare(root, ["sc-full", "sc-qlora"], write=False).splitlines()[-1]
     assert re.fullmatch(r"in MLflow's UI: launch mlflow-server, then open http://127\.0\.0\.1:5000/#/experiments/"
-                        r"\d+/runs\?viewStateShareKey=clusterft", last), last
+                        r"\d+/runs\?viewStateShareKey=clusterft&workflowType=machine_learning", last), last

@@ -7,9 +7,10 @@
     launch recipes                                          # the catalog
     launch show qlora starcoder15b training.max_steps=100   # the resolved recipe
 
-This module (the run command, recipes, show) imports neither torch nor MLflow: --help, recipes, show and --dry-run
-stay fast. The other subcommands live in launchers/cli/runs.py (status, logs, cancel, resume, sync, compare),
-models.py (export, eval, generate, judge) and server.py (mlflow-server), imported only when one of them runs.
+This module (the run command) imports neither torch nor MLflow: --help, --version and --dry-run stay fast. The
+other subcommands live in launchers/cli/catalog.py (recipes, show), plan.py (plan), runs.py (status, logs, cancel,
+resume, sync, compare), models.py (export, eval, generate, judge) and server.py (mlflow-server), imported only when
+one of them runs.
 Bad input exits 2 with one line naming the file:line, key or flag.
 """
 
@@ -28,10 +29,11 @@ from typing import Any
 from jobs.spec.errors import UserError
 from jobs.spec.redaction import redact_text
 from launchers.cli.base import Parser
+from launchers.text import printable
 
 # subcommand → "module:function", imported only when that subcommand runs (--help and --dry-run stay fast)
 COMMANDS = {
-    "recipes": "launchers.cli.main:cmd_recipes", "show": "launchers.cli.main:cmd_show",
+    "recipes": "launchers.cli.catalog:cmd_recipes", "show": "launchers.cli.catalog:cmd_show",
     "plan": "launchers.cli.plan:cmd_plan",
     "status": "launchers.cli.runs:cmd_status", "logs": "launchers.cli.runs:cmd_logs",
     "cancel": "launchers.cli.runs:cmd_cancel", "resume": "launchers.cli.runs:cmd_resume",
@@ -125,7 +127,8 @@ def run_parser() -> Parser:
     slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
                        help="shell line run before the job, e.g. 'module load cuda/12.4' (repeatable)")
     slurm.add_argument("--container", metavar="IMAGE.sif",
-                       help="run every task in this Apptainer image (apptainer exec --nv; runs root and HF cache bound)")
+                       help="run every task in this Apptainer image (apptainer exec --nv; runs root and HF cache "
+                       "bound)")
     slurm.add_argument("--container-image", metavar="IMAGE",
                        help="run every task in this image through pyxis/enroot (srun --container-image)")
     slurm.add_argument("--parsable", action="store_true",
@@ -190,45 +193,6 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, str]:
     return flags
 
 
-def cmd_recipes(argv: Sequence[str]) -> int:
-    parser = Parser(prog="launch recipes", description="List the recipe catalog: models × methods.")
-    parser.parse_args(argv)
-    from launchers.recipe.load import list_methods, list_models, resolve
-
-    rows = [("RECIPE", "METHOD", "BACKEND", "GPUS", "SEQ", "LENGTH", "LR", "RUN IT WITH")]
-    broken = []
-    for model in list_models():
-        for method in list_methods(model):
-            try:
-                r = resolve(method, model).recipe
-            except UserError as err:  # one bad file in a user catalog must not hide every other recipe
-                broken.append(f"warning: {model}/{method} not listed: {printable(str(err))}")
-                continue
-            res = r.resources
-            gpus = f"{res.nodes}×{res.gpus_per_node} {res.gpu_type or ''}".strip() if res.gpus_per_node else "CPU"
-            length = f"{r.training.max_steps} steps" if r.training.max_steps else f"{r.training.epochs:g} epochs"
-            rows.append((r.name, r.method.kind, r.distributed.backend, gpus, str(r.data.seq_length), length,
-                         scientific(r.training.learning_rate), f"launch {method} {model}"))
-    from launchers.text import table
-
-    print("\n".join(table(rows)))
-    for line in broken:
-        print(line, file=sys.stderr)
-    return 0
-
-
-def cmd_show(argv: Sequence[str]) -> int:
-    parser = Parser(prog="launch show", description="Print the resolved recipe as YAML.")
-    parser.add_argument("method", metavar="METHOD")
-    parser.add_argument("model", metavar="MODEL")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value")
-    args = parser.parse_args(argv)
-    from launchers.recipe.load import resolve
-
-    print(resolve(args.method, args.model, args.overrides).recipe.to_yaml(), end="")
-    return 0
-
-
 def cmd_run(argv: Sequence[str]) -> int:
     args = run_parser().parse_intermixed_args(argv)
     from jobs.spec.rundir import RunDir, check_name, check_writable_root, runs_root, timestamp, tracking_uri
@@ -284,7 +248,8 @@ def cmd_run(argv: Sequence[str]) -> int:
             previous = None
             for job in chain_jobs(recipe, plan, request.options, stages, request.container.srun_args(root)):
                 params = dict(job.params, **({"dependency": f"afterok:<{previous} job id>"} if previous else {}))
-                print(f"\n# {job.stage} stage: sbatch script (submitit)\n" + render_sbatch(params, run.submitit, python))
+                print(f"\n# {job.stage} stage: sbatch script (submitit)\n"
+                      + render_sbatch(params, run.submitit, python))
                 previous = job.stage
         return 0
 
@@ -373,7 +338,8 @@ def warn_on_job_python(container: Any) -> None:
     if missing:
         print(f"warning: the jobs will run {sys.executable} on the compute nodes, and it cannot import "
               f"{', '.join(missing)} (the launcher-only install): they will fail at start. Install the stack into "
-              "it (pip install -e '.[train]') or run them in a container (--container IMAGE.sif, --container-image IMAGE)",
+              "it (pip install -e '.[train]') or run them in a container (--container IMAGE.sif, "
+              "--container-image IMAGE)",
               file=sys.stderr)
 
 
@@ -420,12 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def scientific(value: float) -> str:
-    """2e-04, 1.5e-04, 3e-03: one format for every learning rate in a column."""
-    mantissa, exponent = f"{value:.2e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
-
-
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -433,13 +393,6 @@ def package_version() -> str:
         return version("clusterft")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed)"
-
-
-def printable(text: str) -> str:
-    """`text` on one line and inert in a terminal: newlines, escapes and other control characters written as
-    Python writes them in a string (a value echoed in an error stays one line, and cannot recolour or move the
-    cursor)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

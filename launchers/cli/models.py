@@ -259,7 +259,8 @@ def cmd_judge(argv: Sequence[str]) -> int:
     out = record(runs[0], runs[1], rows, metrics, {
         "run_a": f"{runs[0].experiment}/{runs[0].name}", "run_b": f"{runs[1].experiment}/{runs[1].name}",
         "judge_url": public_uri(args.judge_url), "judge_model": args.judge_model, "model": args.model})
-    print(f"{runs[0].name} vs {runs[1].name}: win {metrics['judge/win_rate']:.3f}, tie {metrics['judge/tie_rate']:.3f}, "
+    print(f"{runs[0].name} vs {runs[1].name}: win {metrics['judge/win_rate']:.3f}, "
+          f"tie {metrics['judge/tie_rate']:.3f}, "
           f"loss {metrics['judge/loss_rate']:.3f} over {len(rows)} questions (orders disagreed on "
           f"{metrics['judge/inconsistent_rate']:.0%}); judgments in {out}")
     return 0

@@ -30,7 +30,6 @@ demo: setup
 	$(BIN)/launch lora tiny-starcoder --local --name $(DEMO)-lora
 	$(BIN)/launch qlora tiny-starcoder --local --name $(DEMO)-qlora
 	$(BIN)/launch compare $(DEMO)-full-ft $(DEMO)-lora $(DEMO)-qlora
-	@echo "In MLflow's UI: $(BIN)/launch mlflow-server, then open http://127.0.0.1:5000 (experiment tiny-starcoder)"
 
 test: setup
 	$(BIN)/python -m pytest --durations=15

@@ -84,7 +84,7 @@ def _jsonl_rows(path: Path, shown: str) -> Iterator[tuple[str, Any]]:
     with open_regular(path, shown) as handle:
         for number, raw in enumerate(handle, start=1):
             if raw.strip():
-                yield f"{shown}:{number}", _parse_line(raw, f"{shown}:{number}")
+                yield f"{shown}:{number}", parse_json(raw, f"{shown}:{number}", numbered=False)
 
 
 def _json_rows(path: Path, shown: str) -> Iterator[tuple[str, Any]]:
@@ -105,19 +105,6 @@ def _json_rows(path: Path, shown: str) -> Iterator[tuple[str, Any]]:
         yield from ((f"{shown}: row {index}", row) for index, row in enumerate(document, start=1))
     else:
         raise UserError(f"{shown}: expected an array of row objects, got {type(document).__name__}")
-
-
-def _parse_line(raw: bytes, where: str) -> Any:
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise UserError(f"{where}: not UTF-8 text") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
-    except RecursionError:
-        raise UserError(f"{where}: JSON nested too deeply to read") from None
-    except ValueError as err:  # an integer of thousands of digits
-        raise UserError(f"{where}: a value is not a usable number ({str(err).split(':')[0]})") from None
 
 
 def _text_problem(value: Any, nullable: bool = False) -> str | None:

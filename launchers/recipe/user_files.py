@@ -47,14 +47,16 @@ def read_text(path: os.PathLike[str] | str, shown: str, limit: int = RECIPE_BYTE
         raise UserError(f"{shown}: not UTF-8 text") from None
 
 
-def parse_json(text: str | bytes, shown: str) -> Any:
-    """json.loads with its failures as one line naming `shown` (and the line, when JSON says)."""
+def parse_json(text: str | bytes, shown: str, *, numbered: bool = True) -> Any:
+    """json.loads with its failures as one line naming `shown` (and, when `numbered`, the line JSON names; a caller
+    parsing one line of a file passes `file:line` and numbered=False)."""
     try:
         return json.loads(text)
     except UnicodeDecodeError:
         raise UserError(f"{shown}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
-        raise UserError(f"{shown}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+        where = f"{shown}:{err.lineno}" if numbered else shown
+        raise UserError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
     except RecursionError:
         raise UserError(f"{shown}: JSON nested too deeply to read") from None
     except ValueError as err:  # an integer of thousands of digits

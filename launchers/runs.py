@@ -27,6 +27,7 @@ from launchers.submit.local_job import (
     cancel_chain,
     cancelled_jobs,
     check_results,
+    forked_ranks,
     job_processes,
     outcome,
     running_launcher,
@@ -80,7 +81,7 @@ def find_run(root: Path, ref: str) -> RunDir:
 
 def check_run(run: RunDir) -> None:
     """DamagedFile unless the files that make the run are whole: launch.json (as launch writes it), plan.json,
-    recipe.yaml, attempts.jsonl, cancelled.json and its local jobs' result files."""
+    recipe.yaml, attempts.jsonl, cancelled.json and its local jobs' result files and forked ranks."""
     record = launch_record(run)
     run.read_plan()
     run.check_recipe()
@@ -89,6 +90,7 @@ def check_run(run: RunDir) -> None:
         cancelled_jobs(run)
         for job_id in record["jobs"].values():
             check_results(run, job_id)
+            forked_ranks(run, job_id)
 
 
 def _job_ids(run: RunDir) -> list[str]:
@@ -193,7 +195,7 @@ def _run(command: list[str]) -> str | None:
 def local_state(run: RunDir, record: dict[str, Any], job_id: str) -> dict[str, str]:
     """A local job: RUNNING while one of its own processes runs, then how it ended; elapsed from its rank 0's start
     (attempts.jsonl) to now, or to its last output when it ended."""
-    running = bool(job_processes(record, job_id))
+    running = bool(job_processes(run, record, job_id))
     state = "RUNNING" if running else outcome(run, job_id).state
     started = [a["started"] for a in run.attempts() if str(a.get("job_id")) == job_id and "started" in a]
     elapsed = "-"

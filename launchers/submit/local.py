@@ -13,24 +13,31 @@ the unit CLI tests.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from jobs.spec.rundir import RunDir
 from launchers.submit.chain import stage_ranks
+from launchers.submit.forked_task import ForkServer
 from launchers.submit.local_job import new_tag, outcome, record_cancelled, stop_job
 from launchers.submit.processes import ProcessId
 from launchers.submit.progress import ProgressView
 from launchers.submit.request import StartRequest
-from launchers.submit.stage import Stage
+from launchers.submit.stage import JOB_MODULES, Stage
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FOLLOW_EVERY_S = 0.2  # how often rank 0's log is read and the job looked at
+COLD_ENV = "CLUSTERFT_COLD_START"  # "1": no fork server, every stage a fresh process (how they start on SLURM)
 
 
 class StopRequests:
@@ -59,7 +66,8 @@ def run_local_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
     """Each stage as a local job (the train stage with one process per rank), in order; stop at a failure or when
     asked to."""
     run, recipe = request.run, request.recipe
-    with StopRequests() as stop:
+    ranks = {stage: math.prod(stage_ranks(recipe, request.plan, stage)) for stage in tasks}  # one node: --local
+    with StopRequests() as stop, warm_starts(run, ranks) as fork_server:
         record["launcher"] = ProcessId.current().as_record()
         run.write_json(run.launch_file, record)
         print(f"[launch] {recipe.name}: {', '.join(request.stages)} on {request.plan.world_size} local rank(s), "
@@ -67,9 +75,9 @@ def run_local_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
         for stage, task in tasks.items():
             if stop.received:
                 return stopped(run, f"before the {stage} stage", stop.received)
-            nodes, ranks = stage_ranks(recipe, request.plan, stage)  # one node here: --local sets resources.nodes=1
             tag = new_tag()
-            job = local_executor(run.submitit, tag, nodes * ranks, recipe.resources.minutes).submit(task)
+            executor = local_executor(run.submitit, tag, ranks[stage], recipe.resources.minutes, fork_server)
+            job = executor.submit(task)
             record["jobs"][stage] = str(job.job_id)
             record.setdefault("local_jobs", {})[str(job.job_id)] = tag
             run.write_json(run.launch_file, record)
@@ -78,6 +86,19 @@ def run_local_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
                 return status
     print(finished_summary(run), flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def warm_starts(run: RunDir, ranks: dict[str, int]) -> Iterator[str | None]:
+    """A fork server's socket when every stage has one rank (each stage then starts warm: the stack is imported
+    once, launchers/submit/forked_task.py), else None (a process per rank, each importing what it needs)."""
+    if any(count != 1 for count in ranks.values()) or os.environ.get(COLD_ENV) == "1":
+        yield None
+        return
+    run.submitit.mkdir(parents=True, exist_ok=True)
+    modules = ["submitit.core._submit", "launchers.submit.stage", *(JOB_MODULES[stage] for stage in ranks)]
+    with ForkServer.started(modules, run.submitit / "forkserver.log") as server:
+        yield server.socket_path
 
 
 def run_debug_chain(request: StartRequest, tasks: dict[str, Stage], record: dict[str, Any]) -> int:
@@ -103,11 +124,11 @@ def follow_local(job: Any, run: RunDir, stage: str, record: dict[str, Any], stop
     offset = 0
     while not job.done() and not stop.received:
         offset = _copy_new(stdout, offset, view)
-        time.sleep(0.5)
+        time.sleep(FOLLOW_EVERY_S)
     job_id = str(job.job_id)
     if stop.received and not job.done():
         record_cancelled(run, [job_id])
-        stop_job(record, job_id)
+        stop_job(run, record, job_id)
         _copy_new(stdout, offset, view, rest=True)
         view.close()
         return stopped(run, f"during the {stage} stage", stop.received)
@@ -116,7 +137,7 @@ def follow_local(job: Any, run: RunDir, stage: str, record: dict[str, Any], stop
     ended = outcome(run, job_id, job.controller_exit)
     if ended.state == "COMPLETED":
         return 0  # a stop signal that came as it ended stops the chain before the next stage
-    stop_job(record, job_id)  # its controller killed: ranks it left behind must not run on unwatched
+    stop_job(run, record, job_id)  # its controller killed: ranks it left behind must not run on unwatched
     if ended.state == "CANCELLED":  # by `launch cancel`, which stops this process too (its signal may come next)
         return stopped(run, f"during the {stage} stage", stop.received or signal.SIGTERM)
     print(f"[launch] {stage} failed: {ended.reason}\n[launch] logs: {run.submitit}", file=sys.stderr)
@@ -172,11 +193,12 @@ def local_gpu_count() -> int:
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
-def local_executor(folder: Path, tag: str, ranks: int, minutes: int) -> Any:
-    """One process per rank on this machine (gloo on CPU, or one local GPU per rank), tagged `tag`."""
+def local_executor(folder: Path, tag: str, ranks: int, minutes: int, fork_server: str | None = None) -> Any:
+    """One process per rank on this machine (gloo on CPU, or one local GPU per rank), tagged `tag`; forked by the
+    `fork_server` listening there, if given."""
     from launchers.submit.local_controller import LocalStageExecutor
 
-    executor = LocalStageExecutor(folder, tag)
+    executor = LocalStageExecutor(folder, tag, fork_server)
     executor.update_parameters(nodes=1, tasks_per_node=ranks, gpus_per_node=min(local_gpu_count(), ranks),
                                timeout_min=minutes)
     return executor

@@ -6,6 +6,8 @@
   status` and `launch cancel` find exactly the job's processes (launchers/submit/local_job.py).
 - SIGTERM or SIGINT to the controller stops the ranks with SIGINT (submitit's ranks ignore SIGTERM, so its own
   controller never stopped them), and the ranks' exit codes are written down, so a rank killed by a signal is named.
+- Given a fork server ($CLUSTERFT_FORKSERVER), a one-rank job's rank is forked warm by it instead of started afresh
+  (launchers/submit/forked_task.py), and recorded in <folder>/<job>_forked.json.
 
     python -m launchers.submit.local_controller FOLDER     the controller, as LocalStageExecutor starts it
 """
@@ -22,18 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.utils import JobPaths
 from submitit.local.local import Controller, LocalJob
 
+from jobs.spec.forkserver import SOCKET_ENV
 from jobs.spec.rundir import write_atomic
-from launchers.submit.local_job import TAG_ENV, exit_codes_file
+from launchers.submit.forked_task import ForkedTask, ForkUnavailable
+from launchers.submit.local_job import TAG_ENV, exit_codes_file, forked_file
 
 
 class LocalStageExecutor(submitit.LocalExecutor):
     """submitit's LocalExecutor, whose jobs' controllers are StageControllers carrying `tag`."""
 
-    def __init__(self, folder: Path, tag: str) -> None:
+    def __init__(self, folder: Path, tag: str, fork_server: str | None = None) -> None:
         super().__init__(folder=folder)
-        self.tag = tag
+        self.tag, self.fork_server = tag, fork_server
 
     def _submit_command(self, command: str) -> LocalStageJob:
         """As submitit's (the same environment for its controller), in a new session, with the tag."""
@@ -46,6 +51,7 @@ class LocalStageExecutor(submitit.LocalExecutor):
             "SUBMITIT_LOCAL_SIGNAL_DELAY_S": str(int(self.parameters.get("signal_delay_s", 30))),
             "SUBMITIT_STDERR_TO_STDOUT": "", "SUBMITIT_LOCAL_WITH_SHELL": "",
             "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in gpus),
+            **({SOCKET_ENV: self.fork_server} if self.fork_server else {}),
         }
         process = subprocess.Popen([sys.executable, "-m", __name__, str(self.folder)], env=env,
                                    start_new_session=True)
@@ -76,9 +82,30 @@ class StageController(Controller):
         self._forward_signal(signal.SIGINT)
 
     def start_tasks(self) -> None:
-        super().start_tasks()
+        socket_path = os.environ.get(SOCKET_ENV)
+        if socket_path and self.ntasks == 1:
+            try:
+                self._start_forked(socket_path)
+            except ForkUnavailable as why:
+                print(f"[launch] no warm start ({why}): starting the rank afresh", file=sys.stderr, flush=True)
+                super().start_tasks()
+        else:
+            super().start_tasks()
         if self.stopping:  # asked to stop while they started
             self._forward_signal(signal.SIGINT)
+
+    def _start_forked(self, socket_path: str) -> None:
+        """The one rank, forked by the chain's fork server (launchers/submit/forked_task.py) and recorded."""
+        self.folder.mkdir(exist_ok=True)
+        paths = JobPaths(self.folder, self.pid, 0)
+        self.stdouts = [paths.stdout.open("a")]
+        self.stderrs = self.stdouts if self.stderr_to_stdout else [paths.stderr.open("a")]
+        env = {key: value for key, value in os.environ.items() if key != SOCKET_ENV}
+        env.update(SUBMITIT_LOCAL_LOCALID="0", SUBMITIT_LOCAL_GLOBALID="0", SUBMITIT_LOCAL_JOB_ID=self.pid)
+        task = ForkedTask.start(socket_path, self.command, env, os.getcwd(), paths.stdout,
+                                paths.stdout if self.stderr_to_stdout else paths.stderr)
+        self.tasks.append(task)  # type: ignore[arg-type] - used through poll and send_signal, as a Popen is
+        write_atomic(forked_file(self.folder, self.pid), json.dumps({"ranks": [task.process.as_record()]}) + "\n")
 
     def wait(self, freq: int = 24) -> Sequence[int | None]:
         codes = super().wait(freq)

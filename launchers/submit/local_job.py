@@ -2,12 +2,12 @@
 
 A local job's id is its controller's pid (submitit's). Its processes carry a tag of their own in their environment
 ($CLUSTERFT_LOCAL_JOB, set on the controller by launchers/submit/local_controller.py), recorded in launch.json
-("local_jobs": job id → tag): the job is running while a process carries it, whatever became of its pid, and
-stopping it signals those processes only. The launcher records itself too ("launcher": pid and start time), so
-`launch cancel` can stop the chain between two stages. A job that ended is COMPLETED when every rank wrote a
-success result, CANCELLED when <run>/cancelled.json names it, else FAILED with the reason: a rank killed by a
-signal, the last exception line a rank wrote, or an exit code. Tested by tests/unit/test_damaged_runs.py,
-tests/unit/test_process_identity.py and tests/integration/test_local_cancel.py.
+("local_jobs": job id → tag), or were forked for it by a fork server (<job>_forked.json): the job is running while
+one of them runs, whatever became of its pid, and stopping it signals those processes only. The launcher records
+itself too ("launcher": pid and start time), so `launch cancel` can stop the chain between two stages. A job that
+ended is COMPLETED when every rank wrote a success result, CANCELLED when <run>/cancelled.json names it, else FAILED
+with the reason: a rank killed by a signal, the last exception line a rank wrote, or an exit code. Tested by
+tests/unit/test_damaged_runs.py, tests/unit/test_process_identity.py and tests/integration/test_local_cancel.py.
 """
 
 from __future__ import annotations
@@ -45,10 +45,27 @@ def exit_codes_file(folder: Path, job_id: str) -> Path:
     return folder / f"{job_id}_exit_codes.json"
 
 
-def job_processes(record: dict[str, Any], job_id: str) -> list[ProcessId]:
-    """The processes of a job of this run still running (none for a job recorded without a tag)."""
+def forked_file(folder: Path, job_id: str) -> Path:
+    """The ranks a fork server forked for the job (launchers/submit/forked_task.py): not under its controller."""
+    return folder / f"{job_id}_forked.json"
+
+
+def job_processes(run: RunDir, record: dict[str, Any], job_id: str) -> list[ProcessId]:
+    """The processes of a job of this run still running: those carrying its tag (none for a job recorded without
+    one), and the ranks forked for it, with their descendants."""
     tag = record.get("local_jobs", {}).get(job_id)
-    return carrying(TAG_ENV, tag) if tag else []
+    if not tag:
+        return []
+    return carrying(TAG_ENV, tag, also=[process.pid for process in forked_ranks(run, job_id) if process.alive()])
+
+
+def forked_ranks(run: RunDir, job_id: str) -> list[ProcessId]:
+    path = forked_file(run.submitit, job_id)
+    ranks = run.read_json(path).get("ranks", [])
+    found = [ProcessId.from_record(rank) for rank in ranks] if isinstance(ranks, list) else [None]
+    if None in found:
+        raise DamagedFile(path, 'has no list of processes ("ranks": [{"pid": N, "start": T}])')
+    return [process for process in found if process is not None]
 
 
 def running_launcher(record: dict[str, Any]) -> ProcessId | None:
@@ -142,16 +159,16 @@ def record_cancelled(run: RunDir, job_ids: Iterable[str]) -> None:
     run.write_json(run.cancelled_file, {"jobs": sorted(cancelled_jobs(run) | set(job_ids))})
 
 
-def stop_job(record: dict[str, Any], job_id: str) -> bool:
+def stop_job(run: RunDir, record: dict[str, Any], job_id: str) -> bool:
     """Stop every process of a local job: SIGTERM to its controller, which stops the ranks with SIGINT (their stages
     end their MLflow runs KILLED), then SIGKILL to whatever is left after STOP_GRACE_S, including a descendant that its
     parent's end orphaned. False when none was running."""
-    known = set(job_processes(record, job_id))
+    known = set(job_processes(run, record, job_id))
     if not known:
         return False
 
     def left() -> list[ProcessId]:
-        known.update(job_processes(record, job_id))
+        known.update(job_processes(run, record, job_id))
         return [process for process in known if process.alive()]
 
     controller = [process for process in known if process.pid == int(job_id)]
@@ -184,5 +201,5 @@ def cancel_chain(run: RunDir, record: dict[str, Any], running: Iterable[str]) ->
         while launcher.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
     for job_id in jobs:
-        stop_job(record, job_id)
+        stop_job(run, record, job_id)
     return launcher

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +65,9 @@ class ProcessId:
             os.close(handle)
 
 
-def carrying(variable: str, value: str) -> list[ProcessId]:
-    """The live processes whose environment holds variable=value, and their descendants (a child that cleared its
-    environment is still found through its parent)."""
+def carrying(variable: str, value: str, also: Sequence[int] = ()) -> list[ProcessId]:
+    """The live processes whose environment holds variable=value, the pids `also` (checked alive by the caller), and
+    their descendants (a child that cleared its environment is still found through its parent)."""
     entry = f"{variable}={value}".encode()
     parents: dict[int, int] = {}
     starts: dict[int, int] = {}
@@ -79,7 +80,7 @@ def carrying(variable: str, value: str) -> list[ProcessId]:
         if stat is None:
             continue
         parents[pid], starts[pid] = stat
-        if entry in _environment(pid).split(b"\0"):
+        if pid in also or entry in _environment(pid).split(b"\0"):
             found.append(pid)
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():

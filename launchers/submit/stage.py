@@ -13,6 +13,7 @@ the signal: it relies on its last checkpoint, `training.save_steps` apart) and c
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import signal
@@ -34,26 +35,17 @@ StageJob = Callable[[Recipe, Plan, RankContext], Any]
 MASTER_PORTS = (20000, 60000)  # the rendezvous port is drawn from here, seeded by the job id
 
 
+JOB_MODULES = {"prepare": "jobs.prepare.stage", "train": "jobs.train.stage", "export": "jobs.export.stage",
+               "eval": "jobs.eval.stage"}  # each defines the stage's job function, named after the stage
+JOB_FUNCTIONS = {"prepare": "prepare", "train": "train", "export": "export", "eval": "evaluate"}
+
+
 def job_of(stage: str) -> StageJob:
     """The job function a rank of `stage` calls (one per name of `jobs.spec.stages.STAGES`). Imported here, on the
     node, so the launcher never imports torch."""
-    if stage == "prepare":
-        from jobs.prepare.stage import prepare
-
-        return prepare
-    if stage == "train":
-        from jobs.train.stage import train
-
-        return train
-    if stage == "export":
-        from jobs.export.stage import export
-
-        return export
-    if stage == "eval":
-        from jobs.eval.stage import evaluate
-
-        return evaluate
-    raise ValueError(f"no job for stage {stage!r}")
+    if stage not in JOB_MODULES:
+        raise ValueError(f"no job for stage {stage!r}")
+    return getattr(importlib.import_module(JOB_MODULES[stage]), JOB_FUNCTIONS[stage])  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -59,9 +59,15 @@ class Launch:
         return (self.run / "last_metrics.json").exists()
 
     def job_processes(self, stage: str) -> list[psutil.Process]:
-        """The stage's controller and every process under it (its ranks and theirs)."""
-        controller = psutil.Process(int(self.jobs()[stage]))
-        return [controller, *controller.children(recursive=True)]
+        """The stage's controller and every process under it, and the rank a fork server forked for it (one-rank
+        chains: launchers/submit/forked_task.py) with its children."""
+        job = self.jobs()[stage]
+        controller = psutil.Process(int(job))
+        forked = self.run / "submitit" / f"{job}_forked.json"
+        ranks = [psutil.Process(rank["pid"]) for rank in json.loads(forked.read_text())["ranks"]] \
+            if forked.exists() else []
+        return [controller, *controller.children(recursive=True),
+                *(p for rank in ranks for p in (rank, *rank.children(recursive=True)))]
 
     def ended(self) -> int:
         return self.process.wait(timeout=60)

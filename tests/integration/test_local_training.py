@@ -43,8 +43,8 @@ def mlflow_runs(runs: Path, experiment: str) -> list[Any]:
     ],
 )
 def test_local_run_trains_logs_and_reloads(tmp_path: Path, method: str, model: str, kind: str) -> None:
-    # The whole chain once (full-ft); the other cases run the train stage alone (it prepares the data itself when
-    # the cache is missing), each stage being a process that pays ~10 s of imports.
+    # The whole chain once (full-ft, each stage forked warm); the other cases run the train stage alone (it prepares
+    # the data itself when the cache is missing).
     stages = () if kind == "full" else ("--stages", "train")
     result = launch(method, model, "--local", "--name", "r1", *stages, cwd=tmp_path)
     assert_ok(result)
@@ -70,6 +70,10 @@ def test_local_run_trains_logs_and_reloads(tmp_path: Path, method: str, model: s
         assert all(torch_equal(a, b) for a, b in zip(reloaded.state_dict().values(), exported.state_dict().values(),
                                                      strict=True))
         assert_chained_eval_logged(tmp_path, run, ids["eval"])
+        jobs = json.loads((run / "launch.json").read_text())["jobs"]  # one rank each: forked warm by a fork server
+        assert sorted(jobs) == ["eval", "export", "prepare", "train"]
+        assert all((run / "submitit" / f"{job}_forked.json").exists() for job in jobs.values())
+        assert result.stdout.count(" s start-up, 0.0 s imports,") == 4, result.stdout
     else:
         from peft import AutoPeftModelForCausalLM
 
@@ -131,6 +135,7 @@ def test_two_cpu_ranks_train_one_run(tmp_path: Path) -> None:
     train_job = json.loads((run / "launch.json").read_text())["jobs"]["train"]
     logs = sorted(p.name for p in (run / "submitit").glob(f"{train_job}_*_log.out"))
     assert logs == [f"{train_job}_0_log.out", f"{train_job}_1_log.out"]  # one log per rank
+    assert not (run / "submitit" / f"{train_job}_forked.json").exists()  # two ranks: started afresh, no fork server
     runs = mlflow_runs(tmp_path / "runs", "tiny-llama")
     train_runs = [r for r in runs if r.data.tags.get("clusterft.stage") == "train"]
     assert len(train_runs) == 1  # only rank 0 talks to MLflow: one train run, not one per rank

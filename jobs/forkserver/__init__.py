@@ -1,0 +1,1 @@
+"""The fork server for local single-rank chains (jobs/forkserver/server.py)."""

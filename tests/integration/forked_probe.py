@@ -1,0 +1,23 @@
+"""A stand-in rank for tests/integration/test_forkserver.py: what a forked process sees, then an exit status.
+
+    python -u -m forked_probe OUT_JSON EXIT_CODE [SLEEP_S]      # from a directory holding a copy of it
+
+Prints a line at once (the log must show it while the process still runs), writes its working directory, argv,
+environment and __name__ to OUT_JSON, sleeps SLEEP_S (default 0), then exits with EXIT_CODE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+if __name__ == "__main__":
+    out, code = sys.argv[1], int(sys.argv[2])
+    print("probe started", flush=False)  # no flush: unbuffered output is the fork server's job
+    print("probe stderr", file=sys.stderr)
+    with open(out, "w", encoding="utf-8") as handle:
+        json.dump({"cwd": os.getcwd(), "argv": sys.argv, "env": dict(os.environ), "stdin": sys.stdin.read()}, handle)
+    time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    sys.exit(code)

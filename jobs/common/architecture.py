@@ -1,12 +1,22 @@
 """LoRA targets against the real architecture, built on the meta device from config.json (no weights).
 
     .venv/bin/python -m jobs.common.architecture recipes/starcoder15b/config.json c_proj c_attn q_attn c_fc
+
+Building even a meta model imports torch and transformers' modeling code (seconds), so the launcher keeps what it
+found per config.json and transformers version in a cache directory: the second submission of a recipe checks its
+targets in milliseconds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from jobs.spec.rundir import write_atomic
 
 
 @dataclass(frozen=True)
@@ -17,8 +27,26 @@ class TargetReport:
     linear_names: list[str]
 
 
-def lora_target_report(config_path: str, targets: list[str] | str) -> TargetReport:
+def lora_target_report(config_path: str, targets: list[str] | str, cache: Path | None = None) -> TargetReport:
     """Which target names match a Linear/Conv1D module (as PEFT matches: the whole name or a dotted suffix)."""
+    architecture, linear = linear_modules(config_path, cache)
+    short_names = sorted({name.rsplit(".", 1)[-1] for name in linear})
+    if targets == "all-linear":
+        return TargetReport(architecture, ["all-linear"], [], short_names)
+    matched = [t for t in targets if any(name == t or name.endswith("." + t) for name in linear)]
+    return TargetReport(architecture, matched, [t for t in targets if t not in matched], short_names)
+
+
+def linear_modules(config_path: str, cache: Path | None = None) -> tuple[str, list[str]]:
+    """The model class and the full names of its Linear/Conv1D modules, from `cache` when it holds them."""
+    key = hashlib.sha256(Path(config_path).read_bytes() + version("transformers").encode()).hexdigest()[:24]
+    cached = cache / f"{key}.json" if cache is not None else None
+    if cached is not None and cached.exists():
+        try:
+            found = json.loads(cached.read_text(encoding="utf-8"))
+            return str(found["architecture"]), [str(name) for name in found["linear"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # damaged: found again and rewritten
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -27,12 +55,11 @@ def lora_target_report(config_path: str, targets: list[str] | str) -> TargetRepo
         model = AutoModelForCausalLM.from_config(config)
     linear = [name for name, module in model.named_modules()
               if name and type(module).__name__ in ("Linear", "Conv1D")]
-    short_names = sorted({name.rsplit(".", 1)[-1] for name in linear})
     architecture = type(model).__name__
-    if targets == "all-linear":
-        return TargetReport(architecture, ["all-linear"], [], short_names)
-    matched = [t for t in targets if any(name == t or name.endswith("." + t) for name in linear)]
-    return TargetReport(architecture, matched, [t for t in targets if t not in matched], short_names)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, json.dumps({"architecture": architecture, "linear": linear}) + "\n")
+    return architecture, linear
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
         eval/<model>-<time>/   results.json and per-problem results (jobs.eval)
         judge/<other>-<time>/  `launch judge` verdicts
     <runs root>/cache/prepared/<key>/   prepared data, shared by runs (jobs.prepare)
+    <runs root>/cache/architectures/    the linear modules of each config.json (jobs.common.architecture)
     <runs root>/mlflow.db               the embedded MLflow store
 
 A directory that is written in steps (a checkpoint, final/, base/, a prepared cache) holds COMPLETE_MARKER once it
@@ -181,6 +182,11 @@ class RunDir:
     def prepared_cache(self, key: str) -> Path:
         """Prepared data is shared by every run of the runs root with the same content key."""
         return self.root / "cache" / "prepared" / key
+
+    @property
+    def architecture_cache(self) -> Path:
+        """Module names of the architectures LoRA targets were checked against (the launcher's check, cached)."""
+        return self.root / "cache" / "architectures"
 
     def check_new(self) -> None:
         """An existing run is never overwritten (checked by --dry-run too)."""

@@ -199,7 +199,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from jobs.spec.stages import STAGE_NAMES, parse_stages
     from launchers.cli.plan import planned, refuse_unless_it_fits, with_estimate
     from launchers.planner.report import plan_table
-    from launchers.recipe.checks import check_files
+    from launchers.recipe.checks import check_files, check_lora_targets
     from launchers.recipe.hub import pin_hub_model
     from launchers.recipe.load import resolve
     from launchers.recipe.plan import make_plan
@@ -266,7 +266,7 @@ def cmd_run(argv: Sequence[str]) -> int:
                         "or --dry-run to see the job)")
     if executor == "slurm":
         warn_on_job_python(request.container)
-    warn_on_lora_targets(resolved)
+    check_lora_targets(resolved, run.architecture_cache)
     request = dataclasses.replace(request, created=run.create())
     run.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
     run.write_json(run.plan_file, plan.as_dict())
@@ -341,28 +341,6 @@ def warn_on_job_python(container: Any) -> None:
               "it (pip install -e '.[train]') or run them in a container (--container IMAGE.sif, "
               "--container-image IMAGE)",
               file=sys.stderr)
-
-
-def warn_on_lora_targets(resolved: Any) -> None:
-    """Check LoRA targets on the meta device (imports transformers: submission only, never --dry-run)."""
-    recipe = resolved.recipe
-    if recipe.method.lora is None or recipe.model.config is None:
-        return
-    from jobs.common.architecture import lora_target_report
-
-    try:
-        report = lora_target_report(recipe.model.config, recipe.method.lora.target_modules)
-    except ImportError as err:  # a login node with the launcher only: the job checks its targets when it loads
-        print(f"warning: LoRA targets not checked here ({err.name or 'the training stack'} is not installed); "
-              "pip install -e '.[train]' to check them before submitting", file=sys.stderr)
-        return
-    where = resolved.where("method", "lora", "target_modules")
-    if not report.matched:
-        raise UserError(f"{where}: method.lora.target_modules: none of {report.unmatched} is a module of "
-                        f"{report.architecture} (linear modules: {', '.join(report.linear_names)})")
-    for name in report.unmatched:
-        print(f"warning: {where}: method.lora.target_modules: {name!r} matches no module of {report.architecture}; "
-              f"training {', '.join(report.matched)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

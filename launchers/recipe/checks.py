@@ -1,12 +1,13 @@
 """Recipe checks that read files: the model's config (context length) and local data (rows and columns).
 
 They run at launch, before anything is submitted, so a bad row fails in a second on the login node instead of
-after hours in the queue. Nothing here imports torch; LoRA targets are checked by `jobs.common.architecture` (it needs
-transformers) on submission, not on --dry-run.
+after hours in the queue. Nothing here imports torch but `check_lora_targets`: LoRA targets are checked by
+`jobs.common.architecture` (it needs transformers, once per config.json) on submission, not on --dry-run.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,25 @@ def check_code_directory(root: Path, shown: str, pattern: str, where: str, key: 
         skipped[reason] += 1
     found = f"skipped: {', '.join(f'{n} {why}' for why, n in skipped.most_common())}" if skipped else "no files"
     raise UserError(f"{where}: data.{key}: nothing to read in {shown} with data.glob {pattern!r} ({found})")
+
+
+def check_lora_targets(resolved: Resolved, cache: Path) -> None:
+    """Check LoRA targets on the meta device (imports transformers, once per config.json: submission only)."""
+    recipe = resolved.recipe
+    if recipe.method.lora is None or recipe.model.config is None:
+        return
+    from jobs.common.architecture import lora_target_report
+
+    try:
+        report = lora_target_report(recipe.model.config, recipe.method.lora.target_modules, cache)
+    except ImportError as err:  # a login node with the launcher only: the job checks its targets when it loads
+        print(f"warning: LoRA targets not checked here ({err.name or 'the training stack'} is not installed); "
+              "pip install -e '.[train]' to check them before submitting", file=sys.stderr)
+        return
+    where = resolved.where("method", "lora", "target_modules")
+    if not report.matched:
+        raise UserError(f"{where}: method.lora.target_modules: none of {report.unmatched} is a module of "
+                        f"{report.architecture} (linear modules: {', '.join(report.linear_names)})")
+    for name in report.unmatched:
+        print(f"warning: {where}: method.lora.target_modules: {name!r} matches no module of {report.architecture}; "
+              f"training {', '.join(report.matched)}", file=sys.stderr)

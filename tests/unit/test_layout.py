@@ -114,14 +114,14 @@ print(json.dumps(results))
 @pytest.mark.parametrize(("method", "model"), [("lora", "tiny-starcoder"), ("qlora", "starcoder15b")])
 def test_pre_submission_checks_skip_what_needs_torch_with_one_line(tmp_path: Path, method: str, model: str) -> None:
     code = f"""
-from launchers.cli.main import warn_on_lora_targets
-from launchers.recipe.checks import check_files
+from pathlib import Path
+from launchers.recipe.checks import check_files, check_lora_targets
 from launchers.recipe.load import resolve
 from launchers.recipe.plan import make_plan
 resolved = resolve({method!r}, {model!r})
 check_files(resolved)
 make_plan(resolved)
-warn_on_lora_targets(resolved)
+check_lora_targets(resolved, Path("cache"))
 """
     done = run_light(code, tmp_path)
     assert done.returncode == 0, done.stderr

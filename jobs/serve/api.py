@@ -115,6 +115,12 @@ class Handler(BaseHTTPRequestHandler):
     server: ApiServer
     server_version = "clusterft-serve"
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):  # the client left before its answer was written
+            pass
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
         if path == "/":

@@ -3,6 +3,7 @@ given, as editor plugins send it) or of a chat (the tokenizer's chat template), 
 
     prompter = Prompter(tokenizer, context_length=2048)
     prompt = prompter.completion(request)   # Prompt(ids, end_ids, max_tokens); ApiError(400) naming the field
+                                            # (a prompt of token ids is taken as it is)
     prompt = prompter.chat(request)         # ... ending at the template's end-of-turn token too
 
 FIM is the eval's rule (jobs.eval.fim_eval.psm_prompt: PSM order with the tokenizer's own sentinels, StarCoder's
@@ -37,6 +38,12 @@ class Prompter:
         self.end_of_turn = tuple(vocab[token] for token in END_OF_TURN if token in vocab)
 
     def completion(self, request: CompletionRequest) -> Prompt:
+        if isinstance(request.prompt, list):  # token ids, as the vLLM engine's front sends them
+            outside = [i for i in request.prompt if i >= len(self.tokenizer)]
+            if outside:
+                raise ApiError(400, f"prompt: token id {outside[0]} is not in the vocabulary ({len(self.tokenizer)} "
+                               "tokens)", "prompt")
+            return self._fit(list(request.prompt), (), request.sampling, "prompt")
         text = request.prompt
         if request.suffix is not None:
             try:

@@ -47,8 +47,8 @@ class Sampling:
 @dataclass(frozen=True)
 class CompletionRequest:
     model: str | None
-    prompt: str
-    suffix: str | None          # given: fill in the middle between prompt and suffix
+    prompt: str | list[int]     # text, or token ids
+    suffix: str | None          # given: fill in the middle between prompt and suffix (a text prompt)
     sampling: Sampling
     stream: bool
     include_usage: bool         # stream_options.include_usage: a last chunk with the usage
@@ -66,13 +66,16 @@ class ChatRequest:
 def parse_completion(body: Any) -> CompletionRequest:
     body = _object(body)
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:  # a batch of one, as some clients send it
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):  # a batch of one
         prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise _bad("prompt", "must be a string (or a list of one string)")
+    tokens = isinstance(prompt, list) and prompt and all(_integer(i) and i >= 0 for i in prompt)
+    if not (isinstance(prompt, str) or tokens):
+        raise _bad("prompt", "must be a string or a list of token ids (or a list of one of them)")
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise _bad("suffix", "must be a string")
+    if suffix is not None and tokens:
+        raise _bad("suffix", "fill in the middle needs a text prompt, not token ids")
     if body.get("echo"):
         raise _bad("echo", "is not supported (the completion comes without its prompt)")
     if body.get("best_of") not in (None, 1):

@@ -4,6 +4,7 @@ prompts and the page, and streams vLLM's answer through.
 
     engine = VllmEngine(chosen, recipe, context_length)   # starts `python -m vllm.entrypoints.openai.api_server`
     command = vllm_command(chosen, recipe, port)          # ... which is this command (tests/unit/test_serve.py)
+    deltas = engine.stream(prompt, sampling)              # OpenAIStream: token ids in, streamed text out
 
 The server is given the model as the eval stage gives vLLM (jobs.eval.vllm_engine.engine_options: weights,
 tokenizer, dtype, seed, bitsandbytes for a QLoRA base, LoRA slots for an adapter, which it serves under the name
@@ -57,31 +58,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class VllmEngine:
-    name = "vllm"
+class OpenAIStream:
+    """Completions of token ids streamed from an OpenAI-compatible server: vLLM's, behind VllmEngine (or `launch
+    serve`'s own, which tests/integration/test_serve.py checks this client against)."""
 
-    def __init__(self, chosen: RunModel, recipe: Recipe, context_length: int) -> None:
-        self.context_length = context_length
-        self.model = BASE_NAME if chosen.adapter is None else ADAPTER_NAME
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}/v1"
-        self.process = subprocess.Popen(vllm_command(chosen, recipe, port), env=child_environment(os.environ, 0))
-        self._wait_until_ready()
-
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise RuntimeError(f"vLLM's server exited ({code}) before it answered (its output is above): "
-                                   "--engine transformers serves without it")
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=5):
-                    return
-            except (urllib.error.URLError, OSError):
-                time.sleep(1.0)
-        self.close()
-        raise RuntimeError(f"vLLM's server did not answer within {START_TIMEOUT_S} s")
+    def __init__(self, url: str, model: str, context_length: int) -> None:
+        self.url, self.model, self.context_length = url, model, context_length
 
     def stream(self, prompt: Prompt, sampling: Sampling) -> Iterator[Delta]:
         body: dict[str, Any] = {
@@ -105,6 +87,32 @@ class VllmEngine:
                     finish = choice.get("finish_reason") or finish
                     yield Delta(choice.get("text", ""), tokens, None)
         yield Delta("", tokens, "stop" if finish == "stop" else "length")
+
+
+class VllmEngine(OpenAIStream):
+    name = "vllm"
+
+    def __init__(self, chosen: RunModel, recipe: Recipe, context_length: int) -> None:
+        port = free_port()
+        super().__init__(f"http://127.0.0.1:{port}/v1", BASE_NAME if chosen.adapter is None else ADAPTER_NAME,
+                         context_length)
+        self.process = subprocess.Popen(vllm_command(chosen, recipe, port), env=child_environment(os.environ, 0))
+        self._wait_until_ready()
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise RuntimeError(f"vLLM's server exited ({code}) before it answered (its output is above): "
+                                   "--engine transformers serves without it")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=5):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(1.0)
+        self.close()
+        raise RuntimeError(f"vLLM's server did not answer within {START_TIMEOUT_S} s")
 
     def close(self) -> None:
         if self.process.poll() is None:

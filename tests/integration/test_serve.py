@@ -134,6 +134,23 @@ def test_completions_fim_and_streamed_are_the_models_greedy_output(served: Serve
         assert cut.choices[0].text == expected[:expected.find(stop)] and cut.choices[0].finish_reason == "stop"
 
 
+def test_the_vllm_fronts_client_streams_token_ids_from_an_openai_server(served: Served, reference: Any) -> None:
+    """The client the vLLM engine streams through (OpenAIStream), here against launch serve's own server: token ids
+    in, the greedy completion out, with its finish reason and token count."""
+    from jobs.serve.engine import respond
+    from jobs.serve.prompts import Prompter
+    from jobs.serve.protocol import parse_completion
+    from jobs.serve.vllm_server import OpenAIStream
+
+    prompt = "class Stack:\n    def push(self, item):\n"
+    request = parse_completion({"prompt": prompt, "max_tokens": 20, "temperature": 0})
+    ids = Prompter(reference[1], 1024).completion(request)
+    pieces = list(respond(OpenAIStream(f"{served.url}/v1", NAME, 1024), ids, request.sampling))
+    expected, _, tokens = greedy(reference, prompt, 20)
+    assert "".join(text for text, _, _ in pieces) == expected and len(pieces) > 2
+    assert pieces[-1][1:] == ("length" if tokens == 20 else "stop", tokens)
+
+
 def test_chat_completions_go_through_the_chat_template(served: Served, reference: Any) -> None:
     client = served.client()
     messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "Sum a list."}]

@@ -40,6 +40,7 @@ def test_an_editors_fim_request_is_read_whole() -> None:
                        "max_completion_tokens": 5})
     assert chat.messages == ({"role": "user", "content": "hi"},) and chat.sampling.max_tokens == 5
     assert parse_chat({"messages": [{"role": "user", "content": "hi"}]}).sampling.max_tokens is None  # the context
+    assert parse_completion({"prompt": [[5, 9, 0]]}).prompt == [5, 9, 0]  # token ids, as the vLLM front sends them
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -51,6 +52,7 @@ def test_an_editors_fim_request_is_read_whole() -> None:
     ({"prompt": "x", "stream": "yes"}, "stream"), ({"prompt": "x", "echo": True}, "echo"),
     ({"prompt": "x", "logprobs": 5}, "logprobs"), ({"prompt": "x", "best_of": 3}, "best_of"),
     ({"prompt": "x", "seed": 1.5}, "seed"), ({"prompt": "x", "model": 7}, "model"),
+    ({"prompt": [1, -2]}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [1, 2], "suffix": "x"}, "suffix"),
 ])
 def test_a_bad_completion_field_is_a_400_naming_it(body: dict[str, Any], field: str) -> None:
     with pytest.raises(ApiError) as caught:
@@ -113,6 +115,9 @@ def test_fim_is_the_evals_psm_prompt_and_chat_the_template(tokenizer: Any) -> No
     assert tokenizer.decode(chat.ids) == expected
     assert chat.end_ids == (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
     assert chat.max_tokens == 256 - len(chat.ids)  # no max_tokens: the rest of the context
+    assert prompter.completion(parse_completion({"prompt": [7, 8], "max_tokens": 1})).ids == [7, 8]
+    with pytest.raises(ApiError, match=f"^prompt: token id {len(tokenizer)} is not in the vocabulary"):
+        prompter.completion(parse_completion({"prompt": [len(tokenizer)]}))
 
 
 def test_a_prompt_that_does_not_fit_is_a_400(tokenizer: Any) -> None:

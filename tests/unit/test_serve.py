@@ -242,3 +242,26 @@ def test_a_run_without_a_trained_model_or_vllm_or_a_free_port_is_refused(tmp_pat
     (run.final / COMPLETE_MARKER).unlink()
     line = assert_one_error_line(launch("serve", "r1"))
     assert "run r1: no complete final model in " in line
+
+
+def test_launch_serve_checks_everything_without_the_training_stack(tmp_path: Path) -> None:
+    """On a machine without torch (a login node): --help, and the checks up to the one that needs the model."""
+    from tests.unit.test_layout import run_light
+
+    make_served_run(tmp_path)
+    code = """
+import contextlib, io, sys
+from launchers.cli.main import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["serve", "--help"])
+    except SystemExit as exit:
+        assert exit.code == 0
+code = main(["serve", "r1"])
+assert not {"torch", "transformers"} & set(sys.modules)
+sys.exit(code)
+"""
+    done = run_light(code, tmp_path)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("launch: error: the model runs here: torch is not installed in ") and "[train]" in line

@@ -22,7 +22,7 @@ import html
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ class Api:
         self.check_model(name)
         return protocol.model_card(name, self.created)
 
-    def completion(self, body: Any) -> tuple[Iterator[dict[str, Any]] | dict[str, Any], bool]:
+    def completion(self, body: Any) -> tuple[Generator[dict[str, Any]] | dict[str, Any], bool]:
         request = protocol.parse_completion(body)
         self.check_model(request.model)
         prompt = self.prompter.completion(request)
@@ -69,7 +69,7 @@ class Api:
             return protocol.completion_body(request_id, model, text, finish,
                                             protocol.usage(len(prompt.ids), tokens)), False
 
-        def chunks() -> Iterator[dict[str, Any]]:
+        def chunks() -> Generator[dict[str, Any]]:
             tokens = 0
             for text, finish, tokens in pieces:
                 yield protocol.completion_chunk(request_id, model, text, finish)
@@ -78,7 +78,7 @@ class Api:
                 yield protocol.usage_chunk(request_id, model, "text_completion", counts)
         return chunks(), True
 
-    def chat(self, body: Any) -> tuple[Iterator[dict[str, Any]] | dict[str, Any], bool]:
+    def chat(self, body: Any) -> tuple[Generator[dict[str, Any]] | dict[str, Any], bool]:
         request = protocol.parse_chat(body)
         self.check_model(request.model)
         prompt = self.prompter.chat(request)
@@ -89,7 +89,7 @@ class Api:
             return protocol.chat_body(request_id, model, text, finish,
                                       protocol.usage(len(prompt.ids), tokens)), False
 
-        def chunks() -> Iterator[dict[str, Any]]:
+        def chunks() -> Generator[dict[str, Any]]:
             yield protocol.chat_chunk(request_id, model, {"role": "assistant", "content": ""}, None)
             tokens = 0
             for text, finish, tokens in pieces:
@@ -153,18 +153,18 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, make: Any) -> None:
         try:
             answer, streamed = make()
-            if not streamed:
-                self._send(200, json.dumps(answer).encode(), "application/json")
-                return
         except ApiError as err:
             self._error(err)
             return
         except Exception as err:  # the generation failed: say so, keep serving
             self._error(ApiError(500, f"the generation failed: {type(err).__name__}: {err}"))
             return
-        self._stream(answer)
+        if streamed:
+            self._stream(answer)
+        else:
+            self._send(200, json.dumps(answer).encode(), "application/json")
 
-    def _stream(self, chunks: Iterator[dict[str, Any]]) -> None:
+    def _stream(self, chunks: Generator[dict[str, Any]]) -> None:
         try:
             first = next(chunks, None)  # errors of the first token still get a status line
         except Exception as err:
@@ -185,9 +185,7 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as err:  # headers are sent: the error goes in the stream, as OpenAI's does
             self._event(json.dumps(ApiError(500, f"the generation failed: {type(err).__name__}: {err}").body()))
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            chunks.close()
 
     def _event(self, data: str) -> None:
         self.wfile.write(f"data: {data}\n\n".encode())

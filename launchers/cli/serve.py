@@ -64,6 +64,9 @@ def cmd_serve(argv: Sequence[str]) -> int:
             raise UserError(f"{why}: {package} is not installed in {sys.executable} (pip install -e "
                             f"'.[{'train' if package == 'torch' else 'vllm'}]')")
     check_port(args.host, args.port)
+    if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
+        print(f"warning: listening on {args.host}: whoever reaches this port can use the model (no authentication; "
+              "any API key is accepted)", file=sys.stderr)
     command = [sys.executable, "-m", "jobs.serve", str(run.path), "--model", args.model, "--adapter-weight",
                str(args.adapter_weight), "--host", args.host, "--port", str(args.port), "--engine", args.engine]
     path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's jobs

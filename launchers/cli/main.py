@@ -9,9 +9,8 @@
 
 This module (the run command) imports neither torch nor MLflow: --help, --version and --dry-run stay fast. The
 other subcommands live in launchers/cli/catalog.py (recipes, show), plan.py (plan), runs.py (status, logs, cancel,
-resume, sync, compare), models.py (export, eval, generate, judge) and server.py (mlflow-server), imported only when
-one of them runs.
-Bad input exits 2 with one line naming the file:line, key or flag.
+resume, sync, compare), models.py (export, eval, generate, judge), serve.py (serve) and server.py (mlflow-server),
+imported only when one of them runs. Bad input exits 2 with one line naming the file:line, key or flag.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from launchers.text import printable
 # subcommand → "module:function", imported only when that subcommand runs (--help and --dry-run stay fast)
 COMMANDS = {
     "recipes": "launchers.cli.catalog:cmd_recipes", "show": "launchers.cli.catalog:cmd_show",
-    "plan": "launchers.cli.plan:cmd_plan",
+    "plan": "launchers.cli.plan:cmd_plan", "serve": "launchers.cli.serve:cmd_serve",
     "status": "launchers.cli.runs:cmd_status", "logs": "launchers.cli.runs:cmd_logs",
     "cancel": "launchers.cli.runs:cmd_cancel", "resume": "launchers.cli.runs:cmd_resume",
     "sync": "launchers.cli.runs:cmd_sync", "compare": "launchers.cli.runs:cmd_compare",
@@ -65,6 +64,7 @@ usage:
                                               HumanEval pass@k (sandboxed), FIM, held-out loss, logged to MLflow
   launch generate RUN --prompt TEXT|--file F|--fim-prefix P [--fim-suffix S] [--model M] [--adapter-weight W]
                                               stream a completion from the run's model, here
+  launch serve RUN [--model M] [--port 8000]  an OpenAI-compatible server of the model (FIM, chat), and a page
   launch judge RUN_A RUN_B --questions F --judge-url URL --judge-model NAME
                                               both answer; an LLM judge compares them in both orders
   launch compare [RUN ...] [--experiment E] [--x tokens|step]

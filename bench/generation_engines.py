@@ -25,8 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.common.model import base_model_path, load_tokenizer  # noqa: E402
+from jobs.common.model import base_model_path  # noqa: E402
 from jobs.common.run_models import RunModel, load_chosen  # noqa: E402
+from jobs.common.tokenizer import load_tokenizer  # noqa: E402
 from jobs.eval.generation import Engine, GenerationRequest, GenerationSettings, TransformersEngine  # noqa: E402
 from jobs.eval.humaneval import STOP_SEQUENCES, load_problems  # noqa: E402
 from jobs.spec.context import RankContext  # noqa: E402

@@ -55,7 +55,8 @@ def worker(mode: str, run_dir: Path, base: Path, out: Path) -> None:
     """One rank: load the model as `mode` says and write what it measured to OUT.<rank>.json."""
     import torch
 
-    from jobs.common.model import load_model, load_tokenizer
+    from jobs.common.model import load_model
+    from jobs.common.tokenizer import load_tokenizer
     from jobs.spec.context import RankContext
     from jobs.spec.rundir import RunDir
     from jobs.train.stage import load_for_training, sft_config

@@ -1,4 +1,5 @@
-"""Tokenizer, base model and PEFT config for a recipe: full, LoRA or QLoRA (bitsandbytes nf4).
+"""Base model and PEFT config for a recipe: full, LoRA or QLoRA (bitsandbytes nf4); its tokenizer is
+jobs.common.tokenizer (the prepare stage needs only that, without the modeling code).
 
 A random-init model (tiny recipes) is first materialized by rank 0 into <run>/base/ — seeded, written atomically —
 so every rank, and later the export and eval stages, load it exactly like a hub checkpoint.
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
 from jobs.common.build_once import build_once
 from jobs.common.hub import model_directory
@@ -23,26 +24,6 @@ from jobs.spec.schema import Recipe
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
 WAIT_FOR_BASE_S = 600
-
-
-def tokenizer_source(recipe: Recipe) -> tuple[str, str | None]:
-    """Where the recipe's tokenizer comes from: (directory or hub id, revision). A pretrained model's own tokenizer
-    is read from its snapshot, which the prepare stage fetched."""
-    source = recipe.model.tokenizer or recipe.model.name_or_path
-    if source != recipe.model.name_or_path:
-        return source, None
-    if recipe.model.init == "pretrained":
-        return str(model_directory(source, recipe.model.revision)), None
-    return source, recipe.model.revision
-
-
-def load_tokenizer(recipe: Recipe) -> Any:
-    source, revision = tokenizer_source(recipe)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision,
-                                              trust_remote_code=recipe.model.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # as the seeds do for StarCoder and Llama
-    return tokenizer
 
 
 def attention_implementation(requested: str) -> str:

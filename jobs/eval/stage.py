@@ -67,7 +67,7 @@ def evaluate(recipe: Recipe, plan: Plan, context: RankContext) -> str:
 def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Path | None, dict[str, Any]]:
     """(results directory, the record written to its results.json) on rank 0; (None, {}) on the other ranks, which
     only generate."""
-    from jobs.common.model import load_tokenizer
+    from jobs.common.tokenizer import load_tokenizer
     from jobs.eval.humaneval import load_problems
 
     spec = recipe.eval

@@ -96,7 +96,7 @@ def unsupported(chosen: RunModel, recipe: Recipe) -> str | None:
 
 def engine_options(chosen: RunModel, recipe: Recipe) -> dict[str, Any]:
     """vllm.LLM's keyword arguments for `chosen`: the weights, how they are quantized, room for its adapter."""
-    from jobs.common.model import tokenizer_source
+    from jobs.common.tokenizer import tokenizer_source
 
     tokenizer, revision = tokenizer_source(recipe)
     options: dict[str, Any] = {

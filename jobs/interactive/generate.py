@@ -36,8 +36,8 @@ def run_generate(run: RunDir, recipe: Recipe, request: GenerateRequest) -> str:
     import torch
     from transformers import TextStreamer
 
-    from jobs.common.model import load_tokenizer
     from jobs.common.run_models import load_run_model
+    from jobs.common.tokenizer import load_tokenizer
     from jobs.eval.fim_eval import psm_prompt
 
     tokenizer = load_tokenizer(recipe)

@@ -158,8 +158,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def answers(run: Any, recipe: Any, questions: Sequence[Question], which: str, max_new_tokens: int) -> list[str]:
     """Greedy answers of the run's model (jobs.common.run_models) through its chat template, one model in memory."""
-    from jobs.common.model import load_tokenizer
     from jobs.common.run_models import load_run_model
+    from jobs.common.tokenizer import load_tokenizer
     from jobs.eval.generation import GenerationSettings, generate
     from jobs.spec.context import RankContext
 

@@ -35,7 +35,7 @@ from datasets.table import InMemoryTable
 
 from jobs.common.build_once import build_once
 from jobs.common.hub import fetch_snapshot, is_hub_id
-from jobs.common.model import load_tokenizer
+from jobs.common.tokenizer import load_tokenizer
 from jobs.prepare.data import SourceReport, load_rows, shape_row, split_documents
 from jobs.prepare.fim import FimTransform, fim_tokens
 from jobs.prepare.packing import PackStats, pack_arrays

@@ -58,8 +58,8 @@ def load(run: RunDir, which: str, adapter_weight: float, requested: str) -> tupl
     """(the engine, the prompter, what is served)."""
     import yaml
 
-    from jobs.common.model import load_tokenizer
     from jobs.common.run_models import choose_run_model, load_chosen
+    from jobs.common.tokenizer import load_tokenizer
     from jobs.eval.generation import engine_name
     from jobs.eval.vllm_engine import unsupported
     from jobs.serve.engine import TransformersEngine, context_length

@@ -30,7 +30,8 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from jobs.common.device import claim_gpu
-from jobs.common.model import base_model_path, load_model, load_tokenizer, peft_config
+from jobs.common.model import base_model_path, load_model, peft_config
+from jobs.common.tokenizer import load_tokenizer
 from jobs.prepare.stage import ensure_prepared, load_prepared
 from jobs.spec.context import RankContext
 from jobs.spec.plan import Plan

@@ -16,7 +16,10 @@ How it is kept honest:
 - a warm-up pair (not counted) writes the base model and warms the caches; then `--pairs` pairs, the order switched
   every round (ours first, bare first, ...), the ratio taken within each pair; the median ratio and its min–max;
 - the work is counted at TRL's collator in both loops (rows, real tokens, padded tokens, loss tokens, i.e. labels
-  that are not -100) and printed; if any run's counts differ from the others' no ratio is printed (exit 1);
+  that are not -100), and the settings that decide the work per token are read off each Trainer (optimizer,
+  precision, gradient checkpointing, schedule, batch, attention, dtype, trainable parameters); both are printed,
+  and if any run's differ from the others' no ratio is printed (exit 1). (SFTConfig's defaults are not the
+  recipe's: bf16 autocast, gradient checkpointing and fused AdamW; the bare loop sets the recipe's values.)
 - the 1-minute load average is printed beside each run.
 """
 
@@ -57,23 +60,35 @@ def count_collated() -> dict[str, int]:
     return counts
 
 
-def time_cpu() -> dict[str, float]:
-    """Wrap the Trainer's training loop so that the CPU seconds it takes (all of the process's threads: ours include
-    the tracking threads) are recorded: less sensitive than wall time to a neighbour's load."""
+def watch_training_loop() -> dict[str, object]:
+    """Wrap the Trainer's training loop to record the CPU seconds it takes (all of the process's threads: ours
+    include the tracking threads; less sensitive than wall time to a neighbour's load) and the settings that decide
+    its work (optimizer, precision, gradient checkpointing, schedule, batch, attention), compared across loops."""
     from transformers import Trainer
 
-    seconds = {"cpu_s": 0.0}
+    seen: dict[str, object] = {"cpu_s": 0.0}
     loop = Trainer._inner_training_loop
 
-    def timed(*args: object, **kwargs: object) -> object:
+    def watched(trainer: Trainer, *args: object, **kwargs: object) -> object:
+        a = trainer.args
+        seen["settings"] = {
+            "optim": str(a.optim), "bf16": a.bf16, "fp16": a.fp16, "gradient_checkpointing": a.gradient_checkpointing,
+            "learning_rate": a.learning_rate, "lr_scheduler": str(a.lr_scheduler_type), "warmup": a.warmup_steps,
+            "max_steps": a.max_steps, "batch": a.per_device_train_batch_size, "ga": a.gradient_accumulation_steps,
+            "max_grad_norm": a.max_grad_norm, "weight_decay": a.weight_decay, "seed": a.seed,
+            "logging_steps": a.logging_steps, "logging_first_step": a.logging_first_step,
+            "attention": trainer.model.config._attn_implementation,
+            "dtype": str(next(trainer.model.parameters()).dtype),
+            "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        }
         started = time.process_time()
         try:
-            return loop(*args, **kwargs)
+            return loop(trainer, *args, **kwargs)
         finally:
-            seconds["cpu_s"] += time.process_time() - started
+            seen["cpu_s"] += time.process_time() - started
 
-    Trainer._inner_training_loop = timed
-    return seconds
+    Trainer._inner_training_loop = watched
+    return seen
 
 
 def run_ours(workdir: Path, steps: int, name: str) -> dict[str, float]:
@@ -100,8 +115,11 @@ def run_bare(workdir: Path, steps: int, name: str) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     data = load_dataset("json", data_files=str(DATA), split="train")
+    # SFTConfig's own defaults differ from the recipe's (bf16 autocast, gradient checkpointing, fused AdamW): the
+    # recipe's values are set, and the parent checks that both loops ran with the same settings
     config = SFTConfig(output_dir=str(workdir / name), max_length=256, learning_rate=3e-3, lr_scheduler_type="cosine",
                        warmup_steps=3, max_steps=steps, per_device_train_batch_size=4, logging_steps=10,
+                       logging_first_step=True, bf16=False, gradient_checkpointing=False, optim="adamw_torch",
                        save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=42, data_seed=42)
     peft = LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=peft)
@@ -113,7 +131,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    counts, cpu = count_collated(), time_cpu()
+    counts, cpu = count_collated(), watch_training_loop()
     run = run_ours if args.worker == "ours" else run_bare
     result = run(args.workdir, args.steps, args.name)
     print(json.dumps({**result, **counts, **cpu, "torch_threads": torch.get_num_threads()}), flush=True)
@@ -159,13 +177,16 @@ def main() -> None:
         for index, loop in alternate(args.pairs, "ours", "bare"):
             runs[loop].append(measure(loop, args, workdir, f"{loop}{index}"))
     counts = {tuple(r[k] for k in COUNTED) for rs in runs.values() for r in rs}
-    if len(counts) != 1:
-        print(f"the loops did not do the same work ({', '.join(COUNTED)}: {sorted(counts)}): no ratio")
+    settings = {json.dumps(r["settings"], sort_keys=True) for rs in runs.values() for r in rs}
+    if len(counts) != 1 or len(settings) != 1:
+        print(f"the loops did not do the same work ({', '.join(COUNTED)}: {sorted(counts)}; settings: "
+              f"{sorted(settings)}): no ratio")
         sys.exit(1)
     rates = {loop: [r["steps"] / r["runtime"] for r in rs] for loop, rs in runs.items()}
     ratios = [o / b for o, b in zip(rates["ours"], rates["bare"], strict=True)]
     loads = [r["load"] for rs in runs.values() for r in rs]
-    print("\nwork per run (both loops): " + ", ".join(f"{k} {v}" for k, v in zip(COUNTED, counts.pop(), strict=True)))
+    print(f"\nsettings (both loops): {settings.pop()}")
+    print("work per run (both loops): " + ", ".join(f"{k} {v}" for k, v in zip(COUNTED, counts.pop(), strict=True)))
     print(f"steps/s, median (min–max) of {args.pairs}: bare {spread(rates['bare'])}, ours {spread(rates['ours'])}")
     cpu = [b["cpu_s"] / o["cpu_s"] for o, b in zip(runs["ours"], runs["bare"], strict=True)]
     print(f"ours / bare, per pair: {', '.join(f'{r:.2f}' for r in ratios)}")

@@ -7,8 +7,8 @@ Ours: `launch lora tiny-starcoder --debug --stages prepare,train` run in the mea
 cache, progress and MLflow callbacks, verified checkpoints). Bare: SFTTrainer built directly on the same random-init
 model (ours' base/ directory), tokenizer and prompt/completion data, with the same SFTConfig numbers and no
 callbacks of ours. The figure compared is the Trainer's own train_runtime (the training loop, not imports, data
-preparation or model loading), as steps/s; beside it, the CPU seconds of the same loop (process time, all threads),
-which a neighbour's load disturbs less than wall time.
+preparation or model loading), as steps/s; beside it, the CPU seconds of the same span (process time, all
+threads), which a neighbour's load disturbs less than wall time.
 
 How it is kept honest:
 - every measurement is a fresh process with its threads pinned (OMP/MKL/RAYON_NUM_THREADS in its environment,
@@ -61,13 +61,16 @@ def count_collated() -> dict[str, int]:
 
 
 def watch_training_loop() -> dict[str, object]:
-    """Wrap the Trainer's training loop to record the CPU seconds it takes (all of the process's threads: ours
-    include the tracking threads; less sensitive than wall time to a neighbour's load) and the settings that decide
-    its work (optimizer, precision, gradient checkpointing, schedule, batch, attention), compared across loops."""
+    """Record the settings that decide the training loop's work (optimizer, precision, gradient checkpointing,
+    schedule, batch, attention), compared across loops, and the CPU seconds (all of the process's threads; less
+    sensitive than wall time to a neighbour's load) over the span train_runtime times: from the callbacks'
+    on_train_begin to the final metrics, so not the setup before it (accelerate's gc.collect, which costs more in
+    the process that has run the launcher and the prepare stage)."""
     from transformers import Trainer
+    from transformers.trainer_callback import CallbackHandler
 
     seen: dict[str, object] = {"cpu_s": 0.0}
-    loop = Trainer._inner_training_loop
+    loop, begin, finalize = Trainer._inner_training_loop, CallbackHandler.on_train_begin, Trainer._finalize_training
 
     def watched(trainer: Trainer, *args: object, **kwargs: object) -> object:
         a = trainer.args
@@ -81,13 +84,17 @@ def watch_training_loop() -> dict[str, object]:
             "dtype": str(next(trainer.model.parameters()).dtype),
             "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         }
-        started = time.process_time()
-        try:
-            return loop(trainer, *args, **kwargs)
-        finally:
-            seen["cpu_s"] += time.process_time() - started
+        return loop(trainer, *args, **kwargs)
 
-    Trainer._inner_training_loop = watched
+    def began(handler: CallbackHandler, *args: object) -> object:
+        seen["started"] = time.process_time()
+        return begin(handler, *args)
+
+    def finalized(trainer: Trainer, *args: object) -> object:
+        seen["cpu_s"] = time.process_time() - seen.pop("started")
+        return finalize(trainer, *args)
+
+    Trainer._inner_training_loop, CallbackHandler.on_train_begin, Trainer._finalize_training = watched, began, finalized
     return seen
 
 

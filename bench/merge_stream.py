@@ -1,23 +1,26 @@
 """Benchmark the streaming LoRA merge (jobs.export.merge) against PEFT's merge_and_unload + save_pretrained.
 
-    .venv/bin/python bench/merge_stream.py                                # ~1.5 GB bf16 GPTBigCode, 4 shards, 3 runs
+    .venv/bin/python bench/merge_stream.py                                # ~1.5 GB bf16 GPTBigCode, 5 pairs, 1 thread
     .venv/bin/python bench/merge_stream.py --n-embd 1024 --n-layer 8      # ~0.3 GB, for a small machine
     .venv/bin/python bench/merge_stream.py --workdir /tmp/mb --keep       # keep the synthetic model for reruns
 
 It writes a synthetic GPTBigCode-shaped checkpoint (multi-query attention, random bf16 weights; default n_embd 2048,
 16 layers, vocabulary 49152: ~785 M parameters, ~1.57 GB, shards of at most --shard-mb) tensor by tensor with
 safetensors — no model is ever instantiated — and a LoRA adapter for it (r 16 on c_attn, c_proj, c_fc; float32
-factors, random non-zero B). Then it runs each method --runs times (alternating, each in a fresh subprocess, the
-output directory removed after each run but the first) and reports the median of:
+factors, random non-zero B). Then it runs the two methods in --runs pairs, each run in a fresh subprocess with its
+threads pinned (--threads), the order switched every round (stream first, PEFT first, ...); after each run its
+output (~1.5 GB) is written back (os.sync) and, but for the first pair's, removed, so that no run pays for the
+previous one's writeback. Per run it reports, with the bytes it wrote and the 1-minute load:
 
   wall   seconds from starting the subprocess to its exit: Python start-up and imports included
   work   seconds inside the subprocess after its imports (load + merge + save)
   peak   the subprocess's peak resident set (ru_maxrss from os.wait4 on that child, the value /usr/bin/time -v shows)
 
-with the peak as a multiple of the largest base shard. Goals: streaming peak <= 1.5x the largest shard, streaming
-wall time <= 0.5x PEFT's. Finally the two merged checkpoints are compared tensor by tensor: both compute
-W + ΔW in float32 and round once to bf16 (PEFT keeps the LoRA factors in float32 and adds ΔW in place), so they
-agree to within a bf16 rounding step, usually bit for bit.
+and then the median (min–max) of each, the peak as a multiple of the largest base shard, and the stream/PEFT wall
+ratio within each pair. Goals: streaming peak <= 1.5x the largest shard, streaming wall time <= 0.5x PEFT's.
+Finally the two merged checkpoints are compared tensor by tensor: both compute W + ΔW in float32 and round once to
+bf16 (PEFT keeps the LoRA factors in float32 and adds ΔW in place), so they agree to within a bf16 rounding step,
+usually bit for bit.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pairs import alternate, load, pinned_env, settle, spread
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("c_attn", "c_proj", "c_fc")
@@ -136,6 +141,9 @@ def worker(args: argparse.Namespace) -> None:
     if method == "compare":
         print(compare(out, out.with_name(out.name.replace("stream", "peft")), base), flush=True)
         return
+    import torch
+
+    torch.set_num_threads(args.threads)
     if method == "stream":
         sys.path.insert(0, str(REPO))
         from jobs.export.merge import merge_adapter
@@ -143,7 +151,6 @@ def worker(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         merge_adapter(base, adapter, out)
     else:
-        import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
@@ -164,10 +171,11 @@ def helper(method: str, args: argparse.Namespace, base: Path, adapter: Path, out
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"})
 
 
-def run_once(method: str, base: Path, adapter: Path, out: Path, shard_mb: int) -> dict[str, float]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+def run_once(method: str, base: Path, adapter: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
+    env = pinned_env(args.threads, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
     command = [sys.executable, __file__, "--worker", method, "--base", str(base), "--adapter", str(adapter),
-               "--out", str(out), "--shard-mb", str(shard_mb)]
+               "--out", str(out), "--shard-mb", str(args.shard_mb), "--threads", str(args.threads)]
+    before = load()
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=REPO)
@@ -180,7 +188,9 @@ def run_once(method: str, base: Path, adapter: Path, out: Path, shard_mb: int) -
     if process.returncode != 0:
         raise SystemExit(f"{method} failed ({process.returncode}):\n{err_text[-3000:]}")
     work = json.loads(out_text.strip().splitlines()[-1])["work_s"]
-    return {"wall_s": wall, "work_s": work, "peak_bytes": usage.ru_maxrss * 1024}  # ru_maxrss is KiB on Linux
+    written = sum(p.stat().st_size for p in out.iterdir() if p.name.endswith(".safetensors"))
+    return {"wall_s": wall, "work_s": work, "peak_bytes": usage.ru_maxrss * 1024,  # ru_maxrss is KiB on Linux
+            "written_bytes": written, "load": before}
 
 
 def compare(stream_dir: Path, peft_dir: Path, base: Path) -> str:
@@ -222,7 +232,8 @@ def main() -> None:
     parser.add_argument("--n-positions", type=int, default=2048)
     parser.add_argument("--shard-mb", type=int, default=400, help="largest shard, MB (10^6 bytes)")
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5, help="pairs of runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch/OMP/MKL threads of every run")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep --workdir (base and adapter are reused if there)")
     parser.add_argument("--worker", choices=["stream", "peft", "build", "compare"], help=argparse.SUPPRESS)
@@ -247,31 +258,32 @@ def main() -> None:
               f"{largest / 1e6:.0f} MB; adapter {(adapter / 'adapter_model.safetensors').stat().st_size / 1e6:.0f} MB; "
               f"{os.cpu_count()} CPUs")
 
+        print(f"{args.runs} alternating pairs, {args.threads} thread(s)")
         results: dict[str, list[dict[str, float]]] = {"stream": [], "peft": []}
-        for run in range(args.runs):
-            for method in ("stream", "peft"):
-                out = workdir / f"out-{method}-{run}"
-                shutil.rmtree(out, ignore_errors=True)
-                result = run_once(method, base, adapter, out, args.shard_mb)
-                results[method].append(result)
-                print(f"  run {run + 1} {method:6s} wall {result['wall_s']:6.1f} s  work {result['work_s']:6.1f} s  "
-                      f"peak {result['peak_bytes'] / 1e9:5.2f} GB", flush=True)
-                if run > 0:
-                    shutil.rmtree(out)
+        for run, method in alternate(args.runs, "stream", "peft"):
+            out = workdir / f"out-{method}-{run}"
+            shutil.rmtree(out, ignore_errors=True)
+            result = run_once(method, base, adapter, out, args)
+            results[method].append(result)
+            print(f"  pair {run + 1} {method:6s} wall {result['wall_s']:6.1f} s  work {result['work_s']:6.1f} s  "
+                  f"peak {result['peak_bytes'] / 1e9:5.2f} GB  wrote {result['written_bytes'] / 1e9:5.2f} GB  "
+                  f"load {result['load']:.2f}", flush=True)
+            settle(*([out] if run > 0 else []))  # written back before the next run; the first pair's kept
 
-        median = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}
-        print(f"\nmedian of {args.runs} | wall (s) | work (s) | peak RSS (GB) | peak / largest shard")
-        print("-" * 75)
+        print(f"\nmedian (min–max) of {args.runs} | wall (s) | work (s) | peak RSS (GB) | peak / largest shard")
         for method, label in (("stream", "jobs.export.merge (streaming)"), ("peft", "PEFT merge_and_unload+save")):
-            m = median[method]
-            print(f"{label:27s}| {m['wall_s']:8.1f} | {m['work_s']:8.1f} | {m['peak_bytes'] / 1e9:13.2f} | "
-                  f"{m['peak_bytes'] / largest:6.2f}x")
-        s, p = median["stream"], median["peft"]
-        print(f"\ngoal peak <= 1.5x largest shard: {s['peak_bytes'] / largest:.2f}x "
-              f"{'OK' if s['peak_bytes'] <= 1.5 * largest else 'MISSED'}")
-        verdict = "OK" if s["wall_s"] <= 0.5 * p["wall_s"] else "MISSED"
-        print(f"goal wall <= 0.5x PEFT: {s['wall_s'] / p['wall_s']:.2f}x {verdict} "
-              f"(work only: {s['work_s'] / p['work_s']:.2f}x)")
+            rs = results[method]
+            print(f"{label:29s}| {spread([r['wall_s'] for r in rs], 1)} | {spread([r['work_s'] for r in rs], 1)} | "
+                  f"{spread([r['peak_bytes'] / 1e9 for r in rs])} | {spread([r['peak_bytes'] / largest for r in rs])}x")
+        peak = [r["peak_bytes"] / largest for r in results["stream"]]
+        wall = [s["wall_s"] / p["wall_s"] for s, p in zip(results["stream"], results["peft"], strict=True)]
+        work = [s["work_s"] / p["work_s"] for s, p in zip(results["stream"], results["peft"], strict=True)]
+        loads = [r["load"] for rs in results.values() for r in rs]
+        print(f"\ngoal peak <= 1.5x largest shard: {spread(peak)}x "
+              f"{'met' if statistics.median(peak) <= 1.5 else 'MISSED'}")
+        verdict = "met" if statistics.median(wall) <= 0.5 else "MISSED"
+        print(f"goal wall <= 0.5x PEFT's, per pair: {spread(wall)}x {verdict} (work only: {spread(work)}x); "
+              f"1-min load {min(loads):.2f}–{max(loads):.2f}")
         print("outputs: ", end="", flush=True)
         helper("compare", args, base, adapter, workdir / "out-stream-0")
     finally:

@@ -1,13 +1,17 @@
 """ZeRO-3 consolidation: jobs.export.consolidate vs DeepSpeed's zero_to_fp32 on the same checkpoint, peak RSS and time.
 
-    .venv/bin/python bench/zero3_consolidate.py [--hidden 1024 --layers 8 --repeats 3]
+    .venv/bin/python bench/zero3_consolidate.py [--hidden 1024 --layers 8 --pairs 5 --threads 1]
+    .venv/bin/python bench/zero3_consolidate.py --workdir /tmp/z3     # keep the checkpoint, reuse it next time
 
 Trains a wide GPTBigCode (random init, the project's tokenizer) for one step on 2 CPU ranks with ZeRO-3 and the
 16-bit gather off (`launch full-ft tiny-starcoder --local --nproc 2` with overrides), so final/ holds DeepSpeed's
-per-rank shards only. Then each tool consolidates final/ in a fresh process, alternating, `--repeats` times: ours
+per-rank shards only. Then each tool consolidates final/ in a fresh process with its threads pinned: ours
 (consolidate_zero3 → safetensors) and DeepSpeed's convert_zero_checkpoint_to_fp32_state_dict (a pickled .bin: its
-safetensors mode refuses the tied embeddings). The child reports its own peak RSS (ru_maxrss); the script checks
-both outputs hold identical tensors and prints a table of medians.
+safetensors mode refuses the tied embeddings), in `--pairs` pairs, the order switched every round, the previous
+output written back and removed before each run. The child reports its own peak RSS (ru_maxrss) after its imports
+and at the end; the ratio is taken within each pair. The work is counted: both read the same optimizer files, and
+the script checks that both outputs hold the same tensors (ours writes the tied lm_head once). Printed: a table of
+medians with min–max, and the 1-minute load beside each run.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,22 +26,26 @@ import tempfile
 import time
 from pathlib import Path
 
+from pairs import alternate, load, pinned_env, settle, spread
+
 ROOT = Path(__file__).resolve().parents[1]
-OURS = """
+CHILD = """
 import resource, sys, time
-from pathlib import Path
-from jobs.export.consolidate import consolidate_zero3
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+{imports}
+imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-consolidate_zero3(Path(sys.argv[1]), Path(sys.argv[2]))
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+{call}
+print(time.perf_counter() - start, imported, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
-THEIRS = """
-import resource, sys, time
-from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
-start = time.perf_counter()
-convert_zero_checkpoint_to_fp32_state_dict(sys.argv[1], sys.argv[2])
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
+TOOLS = {
+    "ours": CHILD.format(imports="from pathlib import Path\nfrom jobs.export.consolidate import consolidate_zero3",
+                         call="consolidate_zero3(Path(sys.argv[1]), Path(sys.argv[2]))"),
+    "zero_to_fp32": CHILD.format(
+        imports="from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict",
+        call="convert_zero_checkpoint_to_fp32_state_dict(sys.argv[1], sys.argv[2])"),
+}
 
 
 def train_checkpoint(work: Path, hidden: int, layers: int) -> Path:
@@ -62,14 +69,21 @@ def train_checkpoint(work: Path, hidden: int, layers: int) -> Path:
     return work / "runs" / "tiny-starcoder" / "wide" / "final"
 
 
-def measure(code: str, source: Path, target: Path) -> tuple[float, float]:
-    shutil.rmtree(target, ignore_errors=True)
-    done = subprocess.run([sys.executable, "-c", code, str(source), str(target)], cwd=ROOT, capture_output=True,
-                          text=True)
+def measure(tool: str, source: Path, target: Path, threads: int) -> dict[str, float]:
+    settle(target)  # the previous run's output: written back, removed
+    before = load()
+    env = pinned_env(threads, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", TOOLS[tool], str(source), str(target), str(threads)], cwd=ROOT,
+                          capture_output=True, text=True, env=env)
     if done.returncode:
-        sys.exit(f"{code.splitlines()[2]} failed:\n{done.stderr[-3000:]}")
-    seconds, kilobytes = done.stdout.strip().splitlines()[-1].split()
-    return float(seconds), float(kilobytes) / 1024
+        sys.exit(f"{tool} failed:\n{done.stderr[-3000:]}")
+    seconds, imported, peak = (float(x) for x in done.stdout.strip().splitlines()[-1].split())
+    written = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    result = {"seconds": seconds, "imports_mib": imported / 1024, "peak_mib": peak / 1024,
+              "written_mib": written / 2**20, "load": before}
+    print(f"  {tool:12} peak {result['peak_mib']:6.0f} MiB (imports {result['imports_mib']:4.0f})  "
+          f"{seconds:6.2f} s  wrote {result['written_mib']:5.0f} MiB  load {before:.2f}", file=sys.stderr, flush=True)
+    return result
 
 
 def same_tensors(ours: Path, theirs: Path) -> bool:
@@ -85,7 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch/OMP/MKL threads of every consolidation")
     parser.add_argument("--workdir", type=Path, help="keep the checkpoint here and reuse it on the next run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="zero3-bench-") as tmp:
@@ -97,20 +112,26 @@ def main() -> None:
             final = train_checkpoint(work, args.hidden, args.layers)
         shards = sum(p.stat().st_size for p in final.rglob("*optim_states.pt"))
         print(f"checkpoint: {final} ({shards / 2**20:.0f} MiB of optimizer states; trained in "
-              f"{time.perf_counter() - started:.0f} s)", file=sys.stderr)
-        results: dict[str, list[tuple[float, float]]] = {"ours": [], "zero_to_fp32": []}
-        for _ in range(args.repeats):
-            results["ours"].append(measure(OURS, final, work / "ours"))
-            results["zero_to_fp32"].append(measure(THEIRS, final, work / "theirs"))
-        model_mib = sum(p.stat().st_size for p in (work / "ours").glob("*.safetensors")) / 2**20
-        identical = same_tensors(work / "ours", work / "theirs")
-    rss = {name: statistics.median(r for _, r in runs) for name, runs in results.items()}
-    secs = {name: statistics.median(s for s, _ in runs) for name, runs in results.items()}
-    print("| tool | peak RSS (MiB) | seconds | RSS vs zero_to_fp32 |\n|---|---|---|---|")
-    for name in results:
-        print(f"| {name} | {rss[name]:.0f} | {secs[name]:.2f} | {rss[name] / rss['zero_to_fp32']:.2f}× |")
-    print(f"\nmodel: {model_mib:.0f} MiB of fp32 safetensors; identical tensors: {identical}; medians of "
-          f"{args.repeats}")
+              f"{time.perf_counter() - started:.0f} s); {args.pairs} alternating pairs, {args.threads} thread(s)",
+              file=sys.stderr)
+        outputs = {"ours": work / "ours", "zero_to_fp32": work / "theirs"}
+        results: dict[str, list[dict[str, float]]] = {"ours": [], "zero_to_fp32": []}
+        for _, tool in alternate(args.pairs, "ours", "zero_to_fp32"):
+            results[tool].append(measure(tool, final, outputs[tool], args.threads))
+        identical = same_tensors(outputs["ours"], outputs["zero_to_fp32"])
+        settle(*outputs.values())
+    pairs = list(zip(results["ours"], results["zero_to_fp32"], strict=True))
+    ratios = [o["peak_mib"] / t["peak_mib"] for o, t in pairs]
+    seconds = [o["seconds"] / t["seconds"] for o, t in pairs]
+    loads = [r["load"] for runs in results.values() for r in runs]
+    print("| tool | peak RSS (MiB) | after imports (MiB) | seconds | wrote (MiB) |\n|---|---|---|---|---|")
+    for name, runs in results.items():
+        print(f"| {name} | {spread([r['peak_mib'] for r in runs], 0)} | "
+              f"{spread([r['imports_mib'] for r in runs], 0)} | {spread([r['seconds'] for r in runs])} | "
+              f"{statistics.median(r['written_mib'] for r in runs):.0f} |")
+    print(f"\npeak RSS ours / zero_to_fp32, per pair: {spread(ratios)}x (goal <= 0.5x: "
+          f"{'met' if statistics.median(ratios) <= 0.5 else 'MISSED'}); seconds: {spread(seconds)}x; "
+          f"identical tensors: {identical}; 1-min load {min(loads):.2f}–{max(loads):.2f}")
 
 
 if __name__ == "__main__":

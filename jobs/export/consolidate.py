@@ -14,7 +14,10 @@ zero_to_fp32 computes, but it loads every rank's files and builds the whole fp32
 the layout (names, shapes) comes first, from the model states, so every shard's safetensors header is written before
 its data; then the optimizer files are memory-mapped (torch.load(mmap=True): only the fp32 pieces are read, never
 the moments), each parameter is assembled on its own, cast and streamed to its shard, and the files are mapped
-afresh every REMAP_BYTES so that the pages read stop counting. The peak is about one parameter plus REMAP_BYTES.
+afresh every REMAP_BYTES so that the pages read stop counting. The peak is about one parameter plus REMAP_BYTES,
+above the imports: torch and safetensors-format helpers only. The pickles also name DeepSpeed's classes (its loss
+scaler, the ZeRO stage enum), which a plain torch.load would import, and with them DeepSpeed's dependencies (MLflow,
+pandas, SciPy, ...: ~140 MiB); they are read as inert placeholders instead (`load_torch_only`), never used here.
 
 Tied parameters (DeepSpeed's shared_params, e.g. lm_head ↔ embeddings) are written once, as save_pretrained does;
 buffers come from rank 0's model states. config.json (with the output dtype), generation config and tokenizer files
@@ -27,8 +30,11 @@ import gc
 import json
 import math
 import os
+import pickle
 import re
 import shutil
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,40 @@ REMAP_BYTES = 32 << 20  # optimizer-file pages read before the files are mapped 
 TORCH_DTYPES = torch_dtypes()
 ST_NAMES = {torch_dtype: name for name, torch_dtype in TORCH_DTYPES.items()}
 _RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_(model|optim)_states\.pt$")
+_IMPORTABLE = frozenset(sys.stdlib_module_names) | {"torch", "numpy"}  # what a checkpoint's pickle may import
+
+
+class Placeholder:
+    """Stands in for a class a checkpoint's pickle names outside torch, numpy and the standard library: built and
+    filled the ways pickle builds objects, keeping what it was given, never used."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _TorchOnlyUnpickler(pickle.Unpickler):
+    placeholders: dict[tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.partition(".")[0] in _IMPORTABLE:
+            return super().find_class(module, name)
+        key = (module, name)
+        if key not in self.placeholders:
+            self.placeholders[key] = type(name, (Placeholder,), {"__module__": module, "__qualname__": name})
+        return self.placeholders[key]
+
+
+_TORCH_ONLY = types.ModuleType("torch_only_pickle")  # torch.load's pickle_module: it subclasses .Unpickler
+_TORCH_ONLY.Unpickler = _TorchOnlyUnpickler  # type: ignore[attr-defined]
+
+
+def load_torch_only(path: Path) -> Any:
+    """torch.load of a DeepSpeed states file, memory-mapped, importing nothing beyond torch, numpy and the standard
+    library: any other class the pickle names is a `Placeholder`."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False, pickle_module=_TORCH_ONLY)
 
 
 def is_zero_checkpoint(directory: Path) -> bool:
@@ -64,7 +104,8 @@ def is_zero_checkpoint(directory: Path) -> bool:
 
 
 def _rank_files(tag_dir: Path, kind: str) -> list[Path]:
-    found = sorted((int(m.group(1)), p) for p in tag_dir.iterdir() if (m := _RANK.search(p.name)) and m.group(2) == kind)
+    found = sorted((int(m.group(1)), p) for p in tag_dir.iterdir()
+                   if (m := _RANK.search(p.name)) and m.group(2) == kind)
     if not found:
         raise ValueError(f"{tag_dir}: no ZeRO {kind} states (zero_pp_rank_*_mp_rank_00_{kind}_states.pt)")
     ranks = [rank for rank, _ in found]
@@ -85,7 +126,7 @@ class Zero3Checkpoint:
         if len(model_files) != len(self.optim_files):
             raise ValueError(f"{self.tag_dir}: {len(model_files)} model states but {len(self.optim_files)} "
                              "optimizer states")
-        states = torch.load(model_files[0], map_location="cpu", mmap=True, weights_only=False)
+        states = load_torch_only(model_files[0])
         if states.get("frozen_param_shapes"):
             raise ValueError(f"{self.tag_dir}: frozen parameters (an adapter run): export its adapter instead")
         self.world = len(self.optim_files)
@@ -101,8 +142,7 @@ class Zero3Checkpoint:
         return params + [(name, tuple(t.shape), t.dtype) for name, t in self.buffers.items()]
 
     def _flat_groups(self) -> list[list[torch.Tensor]]:
-        return [torch.load(path, map_location="cpu", mmap=True, weights_only=False)["optimizer_state_dict"]
-                ["fp32_flat_groups"] for path in self.optim_files]
+        return [load_torch_only(path)["optimizer_state_dict"]["fp32_flat_groups"] for path in self.optim_files]
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) in layout order. The optimizer files are mapped afresh every `remap_bytes` read, so the

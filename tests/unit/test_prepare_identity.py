@@ -1,7 +1,8 @@
 """The prepare stage writes the same cache as before its vectorised rewrite: for a fixed generated corpus, fixed
 seeds and every data path (packing with token- and character-mode FIM, PSM and SPM, an eval split; prompt/completion
 masks packed and unpacked with truncation; chat-template masks), the Arrow columns — types and values — and the
-report hash to digests captured from the per-document implementation (commit 580ca49).
+report hash to digests captured from the per-document implementation (commit 580ca49), in one process and with two
+worker processes.
 
     .venv/bin/python -m pytest tests/unit/test_prepare_identity.py -q
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from jobs.prepare import documents
 from jobs.prepare.stage import build_cache, load_prepared
 from launchers.recipe.load import RECIPES_ROOT, resolve
 
@@ -108,3 +110,9 @@ def test_the_cache_is_the_one_the_per_document_implementation_wrote(config: str,
                                                                      tokenizer: object) -> None:
     assert build(config, tmp_path, tokenizer) == DIGESTS[config]
 
+
+@pytest.mark.parametrize("config", ["code-fim-token", "code-fim-character", "pc-unpacked"])
+def test_two_worker_processes_write_the_same_cache(config: str, tmp_path: Path, tokenizer: object,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(documents, "BATCH", 8)  # many batches, spread over both workers
+    assert build(config, tmp_path, tokenizer, processes=2) == DIGESTS[config]

@@ -1,5 +1,5 @@
-"""Texts → token ids as flat numpy arrays, in order, ahead of the caller: in one thread of this process, or in
-several spawned processes for large corpora (each with its own tokenizer thread pool).
+"""Texts → token ids as flat numpy arrays, in order, ahead of the caller: in two threads of this process (sharing the
+tokenizer's thread pool), or in several spawned processes for large corpora (each with its own).
 
     encoder = TextEncoder(tokenizer.backend_tokenizer.to_str())
     tokens, lengths = encoder.flat(["def f():", "x = 1"])     # int32 ids of all texts, int64 ids per text
@@ -51,14 +51,17 @@ class TextEncoder:
 
 
 class EncoderPool:
-    """Encodes batches of texts with one TextEncoder per worker, `AHEAD_PER_WORKER` batches per worker in flight."""
+    """Encodes batches of texts in worker threads or processes, `AHEAD_PER_WORKER` batches per worker in flight."""
 
     def __init__(self, definition: str, processes: int = 1) -> None:
-        self.workers = max(1, processes)
+        self.processes = max(1, processes)
+        self.workers = self.processes
         self.executor: Executor
-        if self.workers == 1:
+        if self.processes == 1:
+            # Two threads: one batch's ids become arrays (holding the GIL) while the next is encoded (releasing it).
+            self.workers = 2
             self.encoder = TextEncoder(definition)
-            self.executor = ThreadPoolExecutor(max_workers=1)  # the Rust encoder releases the GIL
+            self.executor = ThreadPoolExecutor(max_workers=self.workers)
         else:
             threads = os.environ.get("RAYON_NUM_THREADS") or str(max(1, available_cpus() // self.workers))
             self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
@@ -81,7 +84,7 @@ class EncoderPool:
             yield _finish(pending.popleft())
 
     def _submit(self, texts: list[str]) -> Future[tuple[np.ndarray, np.ndarray]]:
-        if self.workers == 1:
+        if self.processes == 1:
             return self.executor.submit(self.encoder.flat, texts)
         return self.executor.submit(_worker_flat, texts)
 

@@ -150,24 +150,23 @@ def fim_layout(tokens: np.ndarray, pieces: np.ndarray, draws: FimDraws, sentinel
     `tokens` holds each document as its prefix, middle and suffix one after the other, `pieces` their lengths;
     a document that draws no FIM is copied as it is.
     """
+    a, b, c = pieces[:, 0], pieces[:, 1], pieces[:, 2]
+    sizes = a + b + c
+    prefix = np.cumsum(sizes) - sizes  # where each document's prefix, middle and suffix start in `tokens`
+    middle, suffix = prefix + a, prefix + a + b
+    p_at, s_at, m_at = len(tokens), len(tokens) + 1, len(tokens) + 2  # the sentinels, appended to `tokens`
     source = np.concatenate([tokens, np.array([sentinels.prefix, sentinels.suffix, sentinels.middle],
                                               dtype=tokens.dtype)])
-    p_at, s_at, m_at = len(tokens), len(tokens) + 1, len(tokens) + 2
-    sizes = pieces.sum(axis=1)
-    prefix = np.cumsum(sizes) - sizes
-    middle, suffix = prefix + pieces[:, 0], prefix + pieces[:, 0] + pieces[:, 1]
-    a, b, c = pieces[:, 0], pieces[:, 1], pieces[:, 2]
     one, none = np.ones_like(a), np.zeros_like(a)
     # six spans (where in `source`, how long) per document, in output order
     psm = ((p_at, one), (prefix, a), (s_at, one), (suffix, c), (m_at, one), (middle, b))
     spm = ((p_at, one), (s_at, one), (suffix, c), (m_at, one), (prefix, a), (middle, b))
     plain = ((prefix, sizes), (0, none), (0, none), (0, none), (0, none), (0, none))
-    starts = np.stack([np.where(draws.fim, np.where(draws.spm, s[0], p[0]), n[0]) + none
-                       for p, s, n in zip(psm, spm, plain)], axis=1).ravel()
-    spans = np.stack([np.where(draws.fim, np.where(draws.spm, s[1], p[1]), n[1])
-                      for p, s, n in zip(psm, spm, plain)], axis=1)
+    chosen = [[np.where(draws.fim, np.where(draws.spm, s[i], p[i]), n[i]) for p, s, n in zip(psm, spm, plain)]
+              for i in (0, 1)]
+    starts, spans = np.stack(chosen[0], axis=1).ravel(), np.stack(chosen[1], axis=1)
     lengths = spans.ravel()
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # source index minus output index
     return source[shift + np.arange(len(shift))], spans.sum(axis=1)
 
 

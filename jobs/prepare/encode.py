@@ -8,9 +8,11 @@ tokenizer's thread pool), or in several spawned processes for large corpora (eac
             ...
 
 Special-token strings inside the data (a file mentioning "<fim_prefix>" or "<|endoftext|>") stay text: they must
-never become real sentinels or document ends. Worker processes import only numpy and tokenizers (spawned, not
-forked: a forked tokenizer thread pool can deadlock), and split the CPUs this process may use between them unless
-RAYON_NUM_THREADS says how many threads each gets.
+never become real sentinels or document ends. Worker processes are spawned, not forked (a forked tokenizer thread
+pool, or a stage process's other threads, can deadlock), and split the CPUs this process may use between them unless
+RAYON_NUM_THREADS says how many threads each gets. Spawning re-imports the parent's main module in each worker
+(submitit's runner on a node: light; a script importing torch at its top: seconds, once per worker), one reason the
+prepare stage starts workers only for large corpora.
 """
 
 from __future__ import annotations

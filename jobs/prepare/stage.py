@@ -169,7 +169,7 @@ def build_cache(recipe: Recipe, tokenizer: Any, target: Path, key: str, processe
     if data.fim_rate > 0:
         fim = FimTransform(fim_tokens(tokenizer), data.fim_rate, data.fim_spm_rate, recipe.training.seed)
     if processes is None:
-        text_bytes = sum(split.data.nbytes for split in splits.values())
+        text_bytes = rows.data.nbytes + (eval_rows.data.nbytes if eval_rows is not None else 0)
         processes = min(available_cpus(), 1 + text_bytes // BYTES_PER_PROCESS)
     report = PrepareReport(key=key, source_rows=source.rows, source_skipped=dict(source.skipped))
     built: dict[str, Dataset] = {}

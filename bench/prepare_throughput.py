@@ -1,22 +1,26 @@
 """Data preparation throughput: our prepare stage vs raw tokenization vs a seed-style loop, and what the cache saves.
 
-    .venv/bin/python bench/prepare_throughput.py                 # ~50 MB of Python source, median of 3
-    .venv/bin/python bench/prepare_throughput.py --mb 20 --repeats 1
+    .venv/bin/python bench/prepare_throughput.py                 # ~50 MB of Python source, 3 rounds
+    .venv/bin/python bench/prepare_throughput.py --mb 20 --repeats 3
 
 Corpus: the Python standard library's .py files, then the venv's site-packages sources until --mb is reached
-(files over 1 MB skipped, as the prepare stage does), every row tokenized by the project's tiny 2k-vocab BPE.
-Each measurement runs in a fresh process with RAYON_NUM_THREADS set (the tokenizer's thread pool), so 1 and 2
-threads are compared on equal terms. Rows:
+(files over 1 MB skipped, as the prepare stage does), copied into a temporary directory and tokenized by the
+project's tiny 2k-vocab BPE. Every measurement runs in a fresh process with its threads pinned (RAYON_NUM_THREADS
+for the tokenizer, OMP/MKL_NUM_THREADS, torch's if imported), so 1 and 2 threads compare on equal terms. Modes:
 
   raw     batched tokenization only, ids without offsets, straight through the Rust tokenizer (the floor)
   offsets the same with character offsets computed, as a transformers tokenizer call does
   seed    a loop in the style of the seed's ConstantLengthDataset: fill a character buffer, tokenize it (through
           transformers, as the seed did), token-level FIM per document, join with EOS, cut constant-length chunks
-  ours    jobs.prepare.stage.build_cache: read files, tokenize, FIM, pack, write the Arrow cache
+  ours    jobs.prepare.stage.build_cache: read files, tokenize, FIM, pack, write the Arrow cache (P processes of
+          one tokenizer thread each for the process curve)
 
-Prints a table (tokens/s, ratios to raw and to seed, 1 vs 2 threads) and the tokenizer CPU-seconds a 16-rank,
-3-epoch run with one requeue spends in our design (one pass, cached) vs the seed's (every rank re-tokenizes every
-epoch and again after the restart).
+Every ratio comes from pairs run back to back (mode, then raw; the order switched every round), as raw's seconds
+over the mode's seconds on the same corpus (and raw's CPU-seconds over the mode's, its worker processes included:
+the work, less sensitive to a shared machine); the median of the rounds is printed with its min–max. The work is
+counted: bytes of source text and tokens each mode produced (ours: after FIM and EOS, packed or dropped tail).
+Last, the tokenizer CPU-seconds a 16-rank, 3-epoch run with one requeue spends in our design (one pass, cached)
+vs the seed's (every rank re-tokenizes every epoch and again after the restart).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,10 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "recipes" / "assets" / "tokenizer"
 SEQ_LENGTH = 2048
 FIM_RATE = 0.5
+THREAD_VARIABLES = ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def build_corpus(target: Path, megabytes: float) -> tuple[int, int]:
-    """Symlink source files into `target` (flat) until `megabytes`; returns (files, bytes)."""
+    """Copy source files into `target` (flat) until `megabytes`; returns (files, bytes). Copies, not symlinks: the
+    prepare stage skips links that lead out of the source directory."""
     roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
     budget, files, size = int(megabytes * 1e6), 0, 0
     for root in roots:
@@ -52,32 +60,43 @@ def build_corpus(target: Path, megabytes: float) -> tuple[int, int]:
                 continue
             if length == 0 or length > 1 << 20:
                 continue
-            (target / f"{files:06d}_{path.name}").symlink_to(path)
+            shutil.copyfile(path, target / f"{files:06d}_{path.name}")
             files, size = files + 1, size + length
             if size >= budget:
                 return files, size
     return files, size
 
 
-def measure(mode: str, corpus: Path, threads: int) -> dict[str, float]:
-    """One measurement in a fresh process (so RAYON_NUM_THREADS applies)."""
-    env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(corpus)], env=env, capture_output=True,
-                         text=True, check=True, timeout=3600)
+def cpu_seconds() -> float:
+    """User + system CPU-seconds of this process and its finished children (ours' worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(mode: str, corpus: Path, threads: int, processes: int = 1) -> dict[str, float]:
+    """One measurement in a fresh process, its threads pinned."""
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads)), "TOKENIZERS_PARALLELISM": "true",
+           "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, __file__, "--child", f"{mode}:{processes}", str(corpus)], env=env,
+                         capture_output=True, text=True, check=True, timeout=3600)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def child(mode: str, corpus: Path) -> dict[str, float]:
+def child(mode: str, processes: int, corpus: Path) -> dict[str, float]:
     from transformers import AutoTokenizer
 
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(int(os.environ["RAYON_NUM_THREADS"]))
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
     if mode == "ours":
-        return run_ours(corpus, tokenizer)
+        return run_ours(corpus, tokenizer, processes)
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(corpus.iterdir())]
     started = time.perf_counter()
-    cpu = time.process_time()
+    cpu = cpu_seconds()
     tokens = run_seed_loop(texts, tokenizer) if mode == "seed" else run_raw(texts, tokenizer, mode == "offsets")
-    return {"tokens": tokens, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu}
+    return {"tokens": tokens, "seconds": time.perf_counter() - started, "cpu": cpu_seconds() - cpu}
 
 
 def run_raw(texts: list[str], tokenizer: object, offsets: bool = False) -> int:
@@ -114,7 +133,7 @@ def run_seed_loop(texts: list[str], tokenizer: object) -> int:
     return total
 
 
-def run_ours(corpus: Path, tokenizer: object) -> dict[str, float]:
+def run_ours(corpus: Path, tokenizer: object, processes: int) -> dict[str, float]:
     from jobs.prepare.stage import build_cache
     from launchers.recipe.load import resolve
 
@@ -125,46 +144,73 @@ def run_ours(corpus: Path, tokenizer: object) -> dict[str, float]:
     ]).recipe
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        cpu = time.process_time()
-        report = build_cache(recipe, tokenizer, Path(out) / "cache", "bench")
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        cpu = cpu_seconds()
+        report = build_cache(recipe, tokenizer, Path(out) / "cache", "bench", processes=processes)
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     split = report.splits["train"]
     return {"tokens": split.tokens + split.dropped_tail_tokens, "seconds": seconds, "cpu": cpu}
+
+
+def paired(mode: str, corpus: Path, threads: int, rounds: int, processes: int = 1) -> dict[str, list[float]]:
+    """`rounds` back-to-back pairs (mode, raw on as many threads as the mode's processes use), the order switched
+    every round: both runs and the ratios."""
+    runs: dict[str, list[float]] = {"seconds": [], "raw_seconds": [], "ratio": [], "tokens": [], "raw_cpu": [],
+                                    "cpu_ratio": []}
+    for round_index in range(rounds):
+        if round_index % 2:
+            raw = measure("raw", corpus, threads * processes)
+            mine = measure(mode, corpus, threads, processes)
+        else:
+            mine = measure(mode, corpus, threads, processes)
+            raw = measure("raw", corpus, threads * processes)
+        runs["seconds"].append(mine["seconds"])
+        runs["raw_seconds"].append(raw["seconds"])
+        runs["ratio"].append(raw["seconds"] / mine["seconds"])
+        runs["tokens"].append(mine["tokens"])
+        runs["raw_cpu"].append(raw["cpu"])
+        runs["cpu_ratio"].append(raw["cpu"] / mine["cpu"])
+    return runs
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=50.0, help="corpus size in MB (default 50)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every pair (default 3)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CORPUS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        mode, processes = args.child[0].split(":")
+        print(json.dumps(child(mode, int(processes), Path(args.child[1]))))
         return
+    if args.mb <= 0 or args.repeats < 1:
+        print("prepare_throughput: --mb must be positive and --repeats at least 1", file=sys.stderr)
+        sys.exit(2)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp)
         files, size = build_corpus(corpus, args.mb)
         print(f"corpus: {files} files, {size / 1e6:.1f} MB of Python source; tokenizer {TOKENIZER.name} "
-              f"(2048 tokens); seq {SEQ_LENGTH}; FIM rate {FIM_RATE}; median of {args.repeats}\n")
-        results: dict[tuple[str, int], dict[str, float]] = {}
-        for threads in (1, 2):
-            for mode in ("raw", "offsets", "seed", "ours"):
-                runs = [measure(mode, corpus, threads) for _ in range(args.repeats)]
-                seconds = statistics.median(r["seconds"] for r in runs)
-                results[mode, threads] = {"tokens": runs[0]["tokens"], "seconds": seconds,
-                                          "cpu": statistics.median(r["cpu"] for r in runs)}
-        print(f"{'mode':7} {'threads':>7} {'Mtokens':>8} {'seconds':>8} {'Mtok/s':>7} {'vs raw':>7} {'vs seed':>8}")
-        for (mode, threads), r in results.items():
-            rate = r["tokens"] / r["seconds"]
-            raw = results["raw", threads]["tokens"] / results["raw", threads]["seconds"]
-            seed = results["seed", threads]["tokens"] / results["seed", threads]["seconds"]
-            print(f"{mode:7} {threads:>7} {r['tokens'] / 1e6:>8.2f} {r['seconds']:>8.2f} {rate / 1e6:>7.2f} "
-                  f"{rate / raw:>7.2f} {rate / seed:>8.2f}")
-        one, two = results["ours", 1]["seconds"], results["ours", 2]["seconds"]
-        parallel = min(1.0, max(0.0, 2 * (1 - two / one)))  # Amdahl: t2 = t1 (1 - p + p/2)
-        print(f"\nours: 2 threads {one / two:.2f}x faster than 1; parallel fraction {parallel:.2f}; "
-              f"projected 32-core node: {1 / (1 - parallel + parallel / 32):.1f}x")
-        tokenize_cpu = results["raw", 1]["cpu"]
+              f"(2048 tokens); seq {SEQ_LENGTH}; FIM rate {FIM_RATE}; {args.repeats} rounds of alternating pairs; "
+              f"load {os.getloadavg()[0]:.2f}\n")
+        cases = [(mode, threads, 1) for threads in (1, 2) for mode in ("offsets", "seed", "ours")] + [("ours", 1, 2)]
+        results = {case: paired(case[0], corpus, case[1], args.repeats, case[2]) for case in cases}
+        print(f"{'mode':7} {'threads':>7} {'procs':>5} {'Mtokens':>8} {'MB':>5}  {'seconds (min–max)':19} "
+              f"{'raw seconds':19} {'vs raw (min–max)':17} {'CPU vs raw':17}")
+        for (mode, threads, processes), r in results.items():
+            print(f"{mode:7} {threads:>7} {processes:>5} {statistics.median(r['tokens']) / 1e6:>8.2f} "
+                  f"{size / 1e6:>5.1f}  {spread(r['seconds']):19} {spread(r['raw_seconds']):19} "
+                  f"{spread(r['ratio']):17} {spread(r['cpu_ratio'])}")
+        print("\nprocess curve (ours, one tokenizer thread per process; vs raw = raw with as many threads):")
+        one = statistics.median(results["ours", 1, 1]["seconds"])
+        for processes, key in ((1, ("ours", 1, 1)), (2, ("ours", 1, 2))):
+            seconds = statistics.median(results[key]["seconds"])
+            print(f"  {processes} process(es): {spread(results[key]['seconds'])} s, {one / seconds:.2f}x of 1, "
+                  f"vs raw {spread(results[key]['ratio'])}")
+        print(f"load after: {os.getloadavg()[0]:.2f}")
+        tokenize_cpu = statistics.median(results["ours", 1, 1]["raw_cpu"])
         seed_passes = 16 * (3 + 1.5)  # 16 ranks × 3 epochs, + a restart mid-run re-tokenizing half the epochs
         print(f"tokenizer CPU-seconds for this corpus, 16 ranks × 3 epochs, one requeue: ours 1 pass = "
               f"{tokenize_cpu:.0f} s; seed-style {seed_passes:.0f} passes = {tokenize_cpu * seed_passes:.0f} s "

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from datasets import Dataset, load_dataset
+from datasets.fingerprint import generate_random_fingerprint
+from datasets.table import InMemoryTable
 
 from jobs.prepare.code_files import code_files, read_code_file
 from jobs.spec.schema import DataSpec
@@ -47,7 +50,9 @@ def load_rows(source: str, data: DataSpec, report: SourceReport | None = None) -
     path = Path(source)
     if path.is_dir():
         rows = read_code_directory(path, data.glob, report)
-        loaded = Dataset.from_dict({data.column("content"): rows})
+        # An in-memory table never cached on disk: a random fingerprint spares hashing every byte of it.
+        table = InMemoryTable.from_pydict({data.column("content"): pa.array(rows, type=pa.string())})
+        loaded = Dataset(table, fingerprint=generate_random_fingerprint())
     elif path.exists():
         loaded = load_dataset(LOADERS[path.suffix], data_files=str(path), split="train")
     else:

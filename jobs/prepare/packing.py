@@ -8,12 +8,13 @@ mask, use_cache=False) and never attend across a document boundary.
     rows, stats = pack(token_lists, seq_length=2048, eos_id=tok.eos_token_id)
     rows, stats = pack(zip(token_lists, masks), 2048, eos_id, drop_tail=False, pad_id=tok.pad_token_id)
     row.input_ids, row.seq_lengths, row.loss_mask; position_ids(row.seq_lengths)
+    packed, stats = pack_arrays(Documents(tokens, lengths, mask), 2048, eos_id)   # flat arrays in, arrays out
 
 A document is a list of ids, or an (ids, mask) pair whose mask says which tokens are trained (1) or not (0); the EOS
 appended to a document inherits the mask of its last token (1 for documents without a mask, and for empty ones).
 The last partial row is dropped (drop_tail, the default) or padded with `pad_id` (mask 0, a segment of its own).
-The work is done on numpy arrays, with Python loops per document and per row only: about 10 M tokens/s on 2 CPU
-cores (5-15 with load and input type), most of it spent converting Python lists to arrays and back.
+`pack_arrays` works on one flat token array with per-document lengths (`Documents`, what the prepare stage
+builds): whole-array numpy operations, no Python loop per document or per row.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ Document = Ids | tuple[Ids, Ids | None]  # ids, or (ids, loss mask); a None mask
 
 
 @dataclass
+class Documents:
+    """Documents as flat arrays: document i is tokens[s:s + lengths[i]], s the sum of the lengths before it."""
+
+    tokens: np.ndarray  # int32
+    lengths: np.ndarray  # int64, one per document
+    mask: np.ndarray | None = None  # int8 like tokens (1 = trained); None trains every token
+
+    @property
+    def ends(self) -> np.ndarray:
+        return np.cumsum(self.lengths)
+
+
+@dataclass
 class PackedRow:
     input_ids: list[int]
     seq_lengths: list[int]  # lengths of the document pieces in this row, in order; they sum to the row length
@@ -38,9 +52,10 @@ class PackedRow:
 class PackedArrays:
     """The packed rows as arrays, for writers that never need Python lists (the prepare stage's Arrow cache)."""
 
-    input_ids: np.ndarray  # (rows, seq_length)
+    input_ids: np.ndarray  # (rows, seq_length), int32
     loss_mask: np.ndarray  # (rows, seq_length), int8
-    seq_lengths: list[np.ndarray]  # per row, the lengths of its document pieces
+    segment_lengths: np.ndarray  # the lengths of every row's document pieces, row after row
+    segments_per_row: np.ndarray  # how many of them each row holds
 
 
 @dataclass
@@ -67,39 +82,46 @@ def pack(
     pad_id: int | None = None,
 ) -> tuple[list[PackedRow], PackStats]:
     """Rows of exactly `seq_length` tokens from the EOS-joined `docs`, and counts of what went where."""
-    arrays, stats = pack_arrays(docs, seq_length, eos_id, drop_tail=drop_tail, pad_id=pad_id)
-    rows = [PackedRow(input_ids=ids, seq_lengths=segments.tolist(), loss_mask=mask)
-            for ids, segments, mask in zip(arrays.input_ids.tolist(), arrays.seq_lengths, arrays.loss_mask.tolist())]
+    arrays, stats = pack_arrays(documents(docs), seq_length, eos_id, drop_tail=drop_tail, pad_id=pad_id)
+    segments = np.split(arrays.segment_lengths, np.cumsum(arrays.segments_per_row)[:-1]) if stats.sequences else []
+    rows = [PackedRow(input_ids=ids, seq_lengths=lengths.tolist(), loss_mask=mask)
+            for ids, lengths, mask in zip(arrays.input_ids.tolist(), segments, arrays.loss_mask.tolist())]
     return rows, stats
 
 
-def pack_arrays(
-    docs: Iterable[Document],
-    seq_length: int,
-    eos_id: int,
-    *,
-    drop_tail: bool = True,
-    pad_id: int | None = None,
-) -> tuple[PackedArrays, PackStats]:
-    """`pack`, returning arrays instead of Python lists."""
-    if seq_length < 1:
-        raise ValueError(f"seq_length must be at least 1, got {seq_length}")
-    if not drop_tail and pad_id is None:
-        raise ValueError("pack(drop_tail=False) pads the last row: it needs a pad_id")
-
+def documents(docs: Iterable[Document]) -> Documents:
+    """Lists of ids (or (ids, mask) pairs) as flat `Documents`."""
     id_parts: list[np.ndarray] = []
     mask_parts: list[np.ndarray | None] = []
     for doc in docs:
         ids, mask = _split(doc)
         id_parts.append(ids)
         mask_parts.append(mask)
-    documents = len(id_parts)
-    lengths = np.fromiter((len(ids) for ids in id_parts), dtype=np.int64, count=documents)
-    doc_ends = np.cumsum(lengths)
+    lengths = np.array([len(ids) for ids in id_parts], dtype=np.int64)
+    tokens = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32)
+    mask = None
+    if any(part is not None for part in mask_parts):
+        mask = np.concatenate([np.ones(len(ids), np.int8) if part is None else part
+                               for ids, part in zip(id_parts, mask_parts)])
+    return Documents(tokens=tokens, lengths=lengths, mask=mask)
 
-    tokens = np.concatenate(id_parts) if documents else np.zeros(0, dtype=np.int64)
-    stream = np.insert(tokens, doc_ends, eos_id)
-    mask_stream = _mask_stream(mask_parts, lengths, doc_ends)
+
+def pack_arrays(
+    docs: Documents,
+    seq_length: int,
+    eos_id: int,
+    *,
+    drop_tail: bool = True,
+    pad_id: int | None = None,
+) -> tuple[PackedArrays, PackStats]:
+    """`pack` on flat arrays, returning arrays instead of Python lists."""
+    if seq_length < 1:
+        raise ValueError(f"seq_length must be at least 1, got {seq_length}")
+    if not drop_tail and pad_id is None:
+        raise ValueError("pack(drop_tail=False) pads the last row: it needs a pad_id")
+    count = len(docs.lengths)
+    ends = docs.ends
+    stream, mask_stream = eos_joined(docs, eos_id)
 
     stream_length = len(stream)
     rows = stream_length // seq_length
@@ -115,17 +137,37 @@ def pack_arrays(
     kept = rows * seq_length
 
     # Segment cuts: every document end (after its EOS) and every row boundary; padding starts at the last document end.
-    cuts = np.union1d(doc_ends + np.arange(1, documents + 1), np.arange(0, kept + 1, seq_length))
+    cuts = np.union1d(ends + np.arange(1, count + 1), np.arange(0, kept + 1, seq_length))
     cuts = cuts[cuts <= kept]
-    segment_lengths = np.diff(cuts)
-    segments_per_row = np.bincount(cuts[:-1] // seq_length, minlength=rows)
-    row_segments = np.split(segment_lengths, np.cumsum(segments_per_row)[:-1]) if rows else []
-
     packed = PackedArrays(input_ids=stream[:kept].reshape(rows, seq_length),
-                          loss_mask=mask_stream[:kept].reshape(rows, seq_length), seq_lengths=list(row_segments))
-    stats = PackStats(documents=documents, tokens_in=int(lengths.sum()), tokens_packed=stream_length - dropped,
+                          loss_mask=mask_stream[:kept].reshape(rows, seq_length),
+                          segment_lengths=np.diff(cuts), segments_per_row=np.bincount(cuts[:-1] // seq_length,
+                                                                                      minlength=rows))
+    stats = PackStats(documents=count, tokens_in=int(docs.lengths.sum()), tokens_packed=stream_length - dropped,
                       sequences=rows, dropped_tail_tokens=dropped, padding_tokens=padding)
     return packed, stats
+
+
+def eos_joined(docs: Documents, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, loss mask) of the documents with an EOS after each, the EOS masked like the document's last token
+    (1 for an empty document)."""
+    ends = docs.ends
+    stream = append_after(docs.tokens.astype(np.int32, copy=False), ends, np.int32(eos_id))
+    if docs.mask is None:
+        return stream, np.ones(len(stream), dtype=np.int8)
+    last = docs.mask[np.maximum(ends - 1, 0)] if len(docs.mask) else np.ones(len(ends), dtype=np.int8)
+    return stream, append_after(docs.mask, ends, np.where(docs.lengths > 0, last, 1).astype(np.int8))
+
+
+def append_after(values: np.ndarray, ends: np.ndarray, extra: np.ndarray | np.generic) -> np.ndarray:
+    """`values` with `extra` (one value, or one per document) inserted after each document end in `ends`."""
+    out = np.empty(len(values) + len(ends), dtype=values.dtype)
+    at = ends + np.arange(len(ends))
+    kept = np.ones(len(out), dtype=bool)
+    kept[at] = False
+    out[kept] = values
+    out[at] = extra
+    return out
 
 
 def position_ids(seq_lengths: list[int]) -> list[int]:
@@ -139,18 +181,9 @@ def _split(doc: Document) -> tuple[np.ndarray, np.ndarray | None]:
     """(ids, mask or None) as arrays; an (ids, mask) pair is a 2-tuple whose first item is not a token id."""
     if isinstance(doc, tuple) and len(doc) == 2 and not isinstance(doc[0], (int, np.integer)):
         if doc[1] is None:
-            return np.asarray(doc[0], dtype=np.int64), None
-        ids, mask = np.asarray(doc[0], dtype=np.int64), np.asarray(doc[1], dtype=np.int8)
+            return np.asarray(doc[0], dtype=np.int32), None
+        ids, mask = np.asarray(doc[0], dtype=np.int32), np.asarray(doc[1], dtype=np.int8)
         if ids.shape != mask.shape:
             raise ValueError(f"a document's mask must match its ids: {mask.shape} vs {ids.shape}")
         return ids, mask
-    return np.asarray(doc, dtype=np.int64), None
-
-
-def _mask_stream(masks: list[np.ndarray | None], lengths: np.ndarray, doc_ends: np.ndarray) -> np.ndarray:
-    """The loss mask of the EOS-joined stream: all ones unless some document brought a mask."""
-    if all(mask is None for mask in masks):
-        return np.ones(int(lengths.sum()) + len(masks), dtype=np.int8)
-    full = [np.ones(length, dtype=np.int8) if mask is None else mask for mask, length in zip(masks, lengths)]
-    eos_mask = [int(mask[-1]) if len(mask) else 1 for mask in full]
-    return np.insert(np.concatenate(full), doc_ends, eos_mask)
+    return np.asarray(doc, dtype=np.int32), None

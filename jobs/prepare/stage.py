@@ -10,8 +10,12 @@ Rows hold `input_ids`, `labels` (-100 where no loss: prompts, non-assistant turn
 `seq_lengths` — the document pieces of the row, from which the collator builds per-document position ids so
 packed documents do not attend to each other (padding-free batches).
 
-Run alone (one CPU process):  prepare(recipe, plan, RankContext(run_dir=...)); the train stage calls
-`ensure_prepared`, which reuses the cache or builds it on rank 0 while the other ranks wait.
+The work: jobs.prepare.documents tokenizes (jobs.prepare.encode: a thread, or one worker process per 64 MB of text
+up to the CPUs this process may use) and applies FIM; jobs.prepare.packing packs; the Arrow columns are built from
+the numpy buffers. The result does not depend on the number of processes.
+
+Run alone (CPU only):  prepare(recipe, plan, RankContext(run_dir=...)); the train stage calls `ensure_prepared`,
+which reuses the cache or builds it on rank 0 while the other ranks wait.
 """
 
 from __future__ import annotations
@@ -20,10 +24,7 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ from datasets.table import InMemoryTable
 from jobs.common.build_once import build_once
 from jobs.common.hub import fetch_snapshot, is_hub_id
 from jobs.common.tokenizer import load_tokenizer
-from jobs.prepare.data import SourceReport, load_rows, shape_row, split_documents
+from jobs.prepare.data import SourceReport, load_rows, split_documents
+from jobs.prepare.documents import tokenize
+from jobs.prepare.encode import EncoderPool, available_cpus
 from jobs.prepare.fim import FimTransform, fim_tokens
-from jobs.prepare.packing import PackStats, pack_arrays
+from jobs.prepare.packing import Documents, PackStats, eos_joined, pack_arrays
 from jobs.spec.context import RankContext
 from jobs.spec.plan import Plan
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir, write_atomic
@@ -46,7 +49,8 @@ from jobs.spec.schema import DataSpec, Recipe
 from jobs.track.tracker import Tracker
 
 PREPARE_VERSION = 1  # bump when the cache layout or tokenization changes
-BATCH = 256  # documents per tokenizer call (small enough to pipeline, large enough to batch)
+BYTES_PER_PROCESS = 64 << 20  # automatic worker processes: one per this much source text, at most one per CPU
+MAX_CHUNK_VALUES = 1 << 30  # list values per Arrow chunk, under the 2**31 of its int32 offsets
 WAIT_FOR_CACHE_S = 6 * 3600
 IGNORE = -100
 
@@ -149,7 +153,10 @@ def _hash_file(digest: Any, path: Path) -> None:
             digest.update(block)
 
 
-def build_cache(recipe: Recipe, tokenizer: Any, target: Path, key: str) -> PrepareReport:
+def build_cache(recipe: Recipe, tokenizer: Any, target: Path, key: str, processes: int | None = None
+                ) -> PrepareReport:
+    """Tokenize, FIM, pack and write the cache at `target`. `processes`: tokenizer worker processes (None: one per
+    BYTES_PER_PROCESS of source text, at most one per CPU this process may use; 1: a thread of this process)."""
     started = time.perf_counter()
     data = recipe.data
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the stage's one job is tokenizing: use every core
@@ -161,13 +168,20 @@ def build_cache(recipe: Recipe, tokenizer: Any, target: Path, key: str) -> Prepa
     fim = None
     if data.fim_rate > 0:
         fim = FimTransform(fim_tokens(tokenizer), data.fim_rate, data.fim_spm_rate, recipe.training.seed)
+    if processes is None:
+        text_bytes = rows.data.nbytes + (eval_rows.data.nbytes if eval_rows is not None else 0)
+        processes = min(available_cpus(), 1 + text_bytes // BYTES_PER_PROCESS)
     report = PrepareReport(key=key, source_rows=source.rows, source_skipped=dict(source.skipped))
     built: dict[str, Dataset] = {}
-    for name, documents in splits.items():
-        split_report = SplitReport()
-        encoded = encode_documents(documents, data, tokenizer, fim, split_report)
-        built[name] = rows_dataset(encoded, data, tokenizer, split_report)
-        report.splits[name] = split_report
+    with EncoderPool(tokenizer.backend_tokenizer.to_str(), processes) as pool:
+        for name, documents in splits.items():
+            print(f"[prepare] {name}: tokenizing {len(documents)} documents ({processes} processes)", flush=True)
+            split_report = SplitReport()
+            encoded = kept_documents(tokenize(documents, data, tokenizer, fim, pool), fim, split_report)
+            table = rows_table(encoded, data, tokenizer.eos_token_id, split_report)
+            fingerprint = hashlib.sha256(f"{key}/{name}".encode()).hexdigest()[:16]
+            built[name] = Dataset(InMemoryTable(table), fingerprint=fingerprint)
+            report.splits[name] = split_report
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     DatasetDict(built).save_to_disk(str(tmp))
@@ -182,130 +196,51 @@ def build_cache(recipe: Recipe, tokenizer: Any, target: Path, key: str) -> Prepa
     return report
 
 
-def encode_documents(
-    documents: Dataset, data: DataSpec, tokenizer: Any, fim: FimTransform | None, report: SplitReport
-) -> Iterator[tuple[list[int], list[int] | None]]:
-    """(token ids, loss mask) per document, FIM applied per document before packing. Empty documents skipped.
-
-    One worker thread encodes batch k+1 (the Rust tokenizer releases the GIL) while the caller packs batch k;
-    batches are encoded strictly in order, so FIM decisions are the same as in a sequential pass.
-    """
-    total = len(documents)
-    shown = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        pending = None
-        for start in range(0, total + BATCH, BATCH):
-            future = None
-            if start < total:
-                batch = [shape_row(row, data) for row in documents.select(range(start, min(start + BATCH, total)))]
-                future = worker.submit(lambda b=batch: list(_encode_batch(b, tokenizer, fim, data.fim_mode, report)))
-            if pending is not None:
-                for ids, mask in pending.result():
-                    if not ids:
-                        report.skipped_empty += 1
-                        continue
-                    report.documents += 1
-                    yield ids, mask
-            pending = future
-            if time.perf_counter() - shown > 5:
-                print(f"[prepare] {min(start, total)}/{total} documents", file=sys.stderr, flush=True)
-                shown = time.perf_counter()
+def kept_documents(docs: Documents, fim: FimTransform | None, report: SplitReport) -> Documents:
+    """The non-empty documents (the empty ones counted as skipped); FIM documents counted by their first token."""
+    kept = docs.lengths > 0
+    report.documents = int(kept.sum())
+    report.skipped_empty = len(kept) - report.documents
+    lengths = docs.lengths[kept]
+    if fim is not None:
+        report.fim_documents = int((docs.tokens[np.cumsum(lengths) - lengths] == fim.tokens.prefix).sum())
+    return Documents(docs.tokens, lengths, docs.mask)
 
 
-def _encode_batch(
-    batch: list[dict[str, Any]], tokenizer: Any, fim: FimTransform | None, mode: str, report: SplitReport
-) -> Iterator[tuple[list[int], list[int] | None]]:
-    """(ids, loss mask) per document; a None mask trains every token."""
-    if "messages" in batch[0]:
-        for row in batch:
-            out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
-                                                return_assistant_tokens_mask=True)
-            yield list(out["input_ids"]), list(out["assistant_masks"])
-        return
-    encoder = TextEncoder(tokenizer)
-    if "text" in batch[0] or fim is not None:
-        # FIM rewrites whole documents (a prompt/completion pair is one document, trained on every token).
-        texts = [row["text"] if "text" in row else row["prompt"] + row["completion"] for row in batch]
-        if fim is not None and mode == "character":
-            encoded = [fim.apply_text(text, encoder.one) for text in texts]
-        else:
-            encoded = encoder.many(texts)
-            if fim is not None:
-                encoded = [fim.apply(ids) for ids in encoded]
-        for ids in encoded:
-            report.fim_documents += int(fim is not None and bool(ids) and ids[0] == fim.tokens.prefix)
-            yield ids, None
-        return
-    prompts = encoder.many([row["prompt"] for row in batch])
-    completions = encoder.many([row["completion"] for row in batch])
-    for prompt, completion in zip(prompts, completions, strict=True):
-        yield prompt + completion, [0] * len(prompt) + [1] * len(completion)
-
-
-class TextEncoder:
-    """Text → ids through the tokenizer's Rust backend (the transformers wrapper costs ~15% here). Special-token
-    strings inside the data (a file mentioning "<fim_prefix>" or "<|endoftext|>") stay text: they must never
-    become real sentinels or document ends. A private copy of the backend, so the chat template still sees them."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        from tokenizers import Tokenizer
-
-        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self.backend.encode_special_tokens = True
-
-    def many(self, texts: list[str]) -> list[list[int]]:
-        # encode_batch_fast: the same ids without character offsets, ~1.4x faster here
-        return [encoding.ids for encoding in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
-
-    def one(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-
-def rows_dataset(
-    encoded: Iterator[tuple[list[int], list[int] | None]], data: DataSpec, tokenizer: Any, report: SplitReport
-) -> Dataset:
+def rows_table(docs: Documents, data: DataSpec, eos: int, report: SplitReport) -> pa.Table:
     """Packed rows (input_ids, labels, seq_lengths) or one row per document, truncated to the sequence length."""
-    eos = tokenizer.eos_token_id
     if data.packing:
-        packed, stats = pack_arrays(encoded, data.seq_length, eos)
+        packed, stats = pack_arrays(docs, data.seq_length, eos)
         _merge_stats(report, stats)
+        rows = np.full(stats.sequences, data.seq_length)
         labels = np.where(packed.loss_mask.astype(bool), packed.input_ids, IGNORE)
-        return Dataset(InMemoryTable(pa.table({
-            "input_ids": _list_column(packed.input_ids),
-            "labels": _list_column(labels),
-            "seq_lengths": _ragged_column(packed.seq_lengths),
-        })))
-    ids_column: list[list[int]] = []
-    labels_column: list[list[int]] = []
-    for ids, mask in encoded:
-        mask = [1] * len(ids) if mask is None else mask
-        ids, mask = ids + [eos], mask + [mask[-1]]
-        if len(ids) > data.seq_length:
-            report.truncated += 1
-            ids, mask = ids[: data.seq_length], mask[: data.seq_length]
-        ids_column.append(ids)
-        labels_column.append(_labels(ids, mask))
-        report.tokens += len(ids)
-    report.sequences = len(ids_column)
-    return Dataset.from_dict({"input_ids": ids_column, "labels": labels_column})
+        return pa.table({"input_ids": _list_column(packed.input_ids.reshape(-1), rows),
+                         "labels": _list_column(labels.reshape(-1), rows),
+                         "seq_lengths": _list_column(packed.segment_lengths.astype(np.int32), packed.segments_per_row)})
+    stream, mask = eos_joined(docs, eos)
+    lengths = docs.lengths + 1
+    kept = np.minimum(lengths, data.seq_length)
+    report.truncated = int((lengths > data.seq_length).sum())
+    report.tokens = int(kept.sum())
+    report.sequences = len(kept)
+    starts = np.cumsum(lengths) - lengths
+    index = np.repeat(starts - (np.cumsum(kept) - kept), kept) + np.arange(report.tokens)
+    ids = stream[index]
+    labels = np.where(mask[index].astype(bool), ids, IGNORE).astype(np.int64)  # the types of Dataset.from_dict
+    return pa.table({"input_ids": _list_column(ids, kept), "labels": _list_column(labels, kept)})
 
 
-def _list_column(matrix: np.ndarray) -> pa.ListArray:
-    """A (rows, length) matrix as an Arrow list column, without a detour through Python lists."""
-    rows, length = matrix.shape
-    offsets = pa.array(np.arange(0, rows * length + 1, length, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1).astype(np.int32)))
-
-
-def _ragged_column(parts: list[np.ndarray]) -> pa.ListArray:
-    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
-    np.cumsum([len(part) for part in parts], out=offsets[1:])
-    values = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, dtype=np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-
-
-def _labels(ids: list[int], mask: list[int]) -> list[int]:
-    return [token if keep else IGNORE for token, keep in zip(ids, mask, strict=True)]
+def _list_column(values: np.ndarray, lengths: np.ndarray) -> pa.ChunkedArray:
+    """Rows of `lengths` items of the flat `values` as an Arrow list column, built from the numpy buffers."""
+    ends = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    cuts = [0]
+    while ends[-1] - ends[cuts[-1]] > MAX_CHUNK_VALUES:
+        cuts.append(int(np.searchsorted(ends, ends[cuts[-1]] + MAX_CHUNK_VALUES, side="right")) - 1)
+    cuts.append(len(lengths))
+    chunks = [pa.ListArray.from_arrays(pa.array((ends[a:b + 1] - ends[a]).astype(np.int32)),
+                                       pa.array(values[ends[a]:ends[b]]))
+              for a, b in zip(cuts, cuts[1:])]
+    return pa.chunked_array(chunks, type=pa.list_(pa.from_numpy_dtype(values.dtype)))
 
 
 def _merge_stats(report: SplitReport, stats: PackStats) -> None:

@@ -11,7 +11,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from jobs.prepare.fim import FIM_FAMILIES, FimTokens, FimTransform, fim_tokens, strip_fim
+from jobs.prepare.fim import FIM_FAMILIES, FimTokens, FimTransform, fim_layout, fim_tokens, strip_fim
 
 TINY_TOKENIZER = Path(__file__).resolve().parents[2] / "recipes" / "assets" / "tokenizer"
 TOKENS = FimTokens(prefix=1, middle=2, suffix=3, pad=4)
@@ -122,6 +122,25 @@ def test_same_seed_and_worker_replay_the_same_stream_and_workers_differ() -> Non
     assert run(seed=7, worker=0) == run(seed=7, worker=0)
     assert run(seed=7, worker=1) != run(seed=7, worker=0)
     assert run(seed=8, worker=0) != run(seed=7, worker=0)
+
+
+def test_batches_laid_out_by_one_gather_match_documents_rewritten_one_by_one() -> None:
+    docs = random_docs(np.random.default_rng(5), 300, 40)
+    one_by_one = FimTransform(TOKENS, fim_rate=0.5, spm_rate=0.5, seed=7)
+    batched = FimTransform(TOKENS, fim_rate=0.5, spm_rate=0.5, seed=7)
+    expected = [one_by_one.apply(doc) for doc in docs]
+
+    out: list[list[int]] = []
+    for start, stop in ((0, 1), (1, 2), (2, 100), (100, 300)):  # the draws run on across batches
+        batch = docs[start:stop]
+        lengths = np.array([len(doc) for doc in batch], dtype=np.int64)
+        tokens = np.array([token for doc in batch for token in doc], dtype=np.int32)
+        draws = batched.draw(lengths)
+        laid_out, laid_lengths = fim_layout(tokens, draws.pieces(lengths), draws, TOKENS)
+        out += [piece.tolist() for piece in np.split(laid_out, np.cumsum(laid_lengths)[:-1])]
+
+    assert out == expected
+    assert sum(doc[:1] == [P] for doc in out) > 100
 
 
 def test_one_transform_keeps_drawing_new_decisions_for_the_same_document() -> None:

@@ -14,7 +14,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from jobs.prepare.data import SourceReport, load_rows
-from jobs.prepare.stage import TextEncoder, build_cache, cache_key, load_prepared
+from jobs.prepare.encode import TextEncoder
+from jobs.prepare.stage import build_cache, cache_key, load_prepared
 from launchers.recipe.load import RECIPES_ROOT, resolve
 
 TOKENIZER = RECIPES_ROOT / "assets" / "tokenizer"
@@ -84,7 +85,9 @@ def test_without_packing_a_long_document_is_truncated_and_counted(tmp_path: Path
 
 
 def test_sentinel_strings_in_code_stay_text(tokenizer: object) -> None:
-    ids = TextEncoder(tokenizer).one("a = '<fim_prefix><|endoftext|>'")
+    tokens, _ = TextEncoder(tokenizer.backend_tokenizer.to_str()).flat(  # type: ignore[attr-defined]
+        ["a = '<fim_prefix><|endoftext|>'"])
+    ids = tokens.tolist()
     special = {tokenizer.convert_tokens_to_ids(t) for t in ("<fim_prefix>", "<|endoftext|>")}  # type: ignore[attr-defined]
     assert not special & set(ids)
     assert tokenizer.decode(ids) == "a = '<fim_prefix><|endoftext|>'"  # type: ignore[attr-defined]

@@ -28,25 +28,25 @@ class TargetReport:
 
 
 def lora_target_report(config_path: str, targets: list[str] | str, cache: Path | None = None) -> TargetReport:
-    """Which target names match a Linear/Conv1D module (as PEFT matches: the whole name or a dotted suffix)."""
-    architecture, linear = linear_modules(config_path, cache)
+    """Which target names match a Linear/Conv1D module (as PEFT matches: the whole name or a dotted suffix). What
+    was found goes to `cache` once some target matched (a refused recipe writes nothing)."""
+    entry = cache / f"{_key(config_path)}.json" if cache is not None else None
+    found = _read(entry) if entry is not None else None
+    architecture, linear = found or linear_modules(config_path)
     short_names = sorted({name.rsplit(".", 1)[-1] for name in linear})
     if targets == "all-linear":
-        return TargetReport(architecture, ["all-linear"], [], short_names)
-    matched = [t for t in targets if any(name == t or name.endswith("." + t) for name in linear)]
-    return TargetReport(architecture, matched, [t for t in targets if t not in matched], short_names)
+        report = TargetReport(architecture, ["all-linear"], [], short_names)
+    else:
+        matched = [t for t in targets if any(name == t or name.endswith("." + t) for name in linear)]
+        report = TargetReport(architecture, matched, [t for t in targets if t not in matched], short_names)
+    if entry is not None and found is None and report.matched:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(entry, json.dumps({"architecture": architecture, "linear": linear}) + "\n")
+    return report
 
 
-def linear_modules(config_path: str, cache: Path | None = None) -> tuple[str, list[str]]:
-    """The model class and the full names of its Linear/Conv1D modules, from `cache` when it holds them."""
-    key = hashlib.sha256(Path(config_path).read_bytes() + version("transformers").encode()).hexdigest()[:24]
-    cached = cache / f"{key}.json" if cache is not None else None
-    if cached is not None and cached.exists():
-        try:
-            found = json.loads(cached.read_text(encoding="utf-8"))
-            return str(found["architecture"]), [str(name) for name in found["linear"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # damaged: found again and rewritten
+def linear_modules(config_path: str) -> tuple[str, list[str]]:
+    """The model class and the full names of its Linear/Conv1D modules, built on the meta device."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -55,11 +55,23 @@ def linear_modules(config_path: str, cache: Path | None = None) -> tuple[str, li
         model = AutoModelForCausalLM.from_config(config)
     linear = [name for name, module in model.named_modules()
               if name and type(module).__name__ in ("Linear", "Conv1D")]
-    architecture = type(model).__name__
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cached, json.dumps({"architecture": architecture, "linear": linear}) + "\n")
-    return architecture, linear
+    return type(model).__name__, linear
+
+
+def _key(config_path: str) -> str:
+    """The config's bytes and the transformers version that builds it (PackageNotFoundError, an ImportError, when
+    transformers is not installed)."""
+    return hashlib.sha256(Path(config_path).read_bytes() + version("transformers").encode()).hexdigest()[:24]
+
+
+def _read(entry: Path) -> tuple[str, list[str]] | None:
+    if not entry.exists():
+        return None
+    try:
+        found = json.loads(entry.read_text(encoding="utf-8"))
+        return str(found["architecture"]), [str(name) for name in found["linear"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # damaged: found again and rewritten
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def cmd_run(argv: Sequence[str]) -> int:
                         "or --dry-run to see the job)")
     if executor == "slurm":
         warn_on_job_python(request.container)
-    check_lora_targets(resolved, run.architecture_cache)
+    check_lora_targets(resolved, run.architecture_cache if run.root.exists() else None)  # never makes the root
     request = dataclasses.replace(request, created=run.create())
     run.recipe_file.write_text(recipe.to_yaml(), encoding="utf-8")
     run.write_json(run.plan_file, plan.as_dict())

@@ -90,7 +90,7 @@ def check_code_directory(root: Path, shown: str, pattern: str, where: str, key: 
     raise UserError(f"{where}: data.{key}: nothing to read in {shown} with data.glob {pattern!r} ({found})")
 
 
-def check_lora_targets(resolved: Resolved, cache: Path) -> None:
+def check_lora_targets(resolved: Resolved, cache: Path | None) -> None:
     """Check LoRA targets on the meta device (imports transformers, once per config.json: submission only)."""
     recipe = resolved.recipe
     if recipe.method.lora is None or recipe.model.config is None:

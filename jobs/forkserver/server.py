@@ -4,7 +4,8 @@
 
 Started by the launcher (launchers/submit/forked_task.py) for a local chain whose every stage has one rank. It binds
 SOCKET (in a 0700 directory; only its own user may connect), imports the MODULEs (the stages' job modules: torch,
-transformers, TRL, PEFT, datasets), then forks one process per request (the protocol: jobs/spec/forkserver.py). The
+transformers, TRL, PEFT, datasets) in order, and forks one process per request (the protocol: jobs/spec/forkserver.py)
+as soon as it comes, between two imports too: the first stage runs while the later stages' modules import. The
 forked rank becomes what `python -u -m MODULE ARGS` would have been: the request's environment, working directory and
 log files, unbuffered output, default signal handling; it then runs MODULE as __main__ and exits as that process
 would. Its exit status goes back to the controller that asked for it.
@@ -38,52 +39,77 @@ def main(argv: list[str]) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # at once: controllers connect while the stack imports, and wait for their answer
     listener.listen(16)
-    host = os.getpid()
+    host, server = os.getpid(), Server(listener)
     try:
-        for module in modules:
+        request = None
+        for module in modules:  # a rank asked for meanwhile starts at once, importing what it lacks itself
             importlib.import_module(module)
-        request = serve(listener)
+            request = server.serve(wait=0)
+            if request is not None or server.ended:
+                break
+        else:
+            request = server.serve(wait=None)
     finally:
         if os.getpid() == host:
-            listener.close()
+            server.close()
     if request is None:
         return 0
     return become_rank(request)  # a forked child, from here on; its exit is the rank's
 
 
-def serve(listener: socket.socket) -> dict[str, Any] | None:
-    """Fork a rank per request until standard input closes (None, in the server), or return the request in the
-    forked child."""
-    waiting: dict[int, socket.socket] = {}  # forked pid → the controller awaiting its exit status
-    with selectors.DefaultSelector() as selector:
-        selector.register(listener, selectors.EVENT_READ)
-        selector.register(sys.stdin, selectors.EVENT_READ)
-        while True:
-            events = selector.select(ACCEPT_WAIT_S)
-            reap(waiting)
+class Server:
+    """The listening socket, the controllers awaiting their ranks' exit statuses, and standard input: when it closes
+    (the launcher ended), the server ends."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.waiting: dict[int, socket.socket] = {}  # forked pid → the controller awaiting its exit status
+        self.ended = False
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ)
+        self.selector.register(sys.stdin, selectors.EVENT_READ)
+
+    def serve(self, wait: float | None) -> dict[str, Any] | None:
+        """Fork a rank per request, for what is ready now (`wait` 0) or until standard input closes (None). Returns
+        the request in the forked child, None in the server."""
+        while not self.ended:
+            events = self.selector.select(ACCEPT_WAIT_S if wait is None else wait)
+            reap(self.waiting)
             for key, _ in events:
                 if key.fileobj is sys.stdin:
-                    if not os.read(sys.stdin.fileno(), 4096):
-                        return None
+                    self.ended = not os.read(sys.stdin.fileno(), 4096)
                     continue
-                connection, _ = listener.accept()
+                connection, _ = self.listener.accept()
                 request = read_request(connection)
                 if request is None:
                     connection.close()
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    for other in (listener, connection, *waiting.values()):
-                        other.close()
+                elif self._fork(connection):
                     return request
-                try:
-                    send(connection, {"pid": pid})
-                except OSError:  # its controller was stopped while it waited: the rank must not run unwatched
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    connection.close()
-                    continue
-                waiting[pid] = connection
+            if wait is not None:
+                break
+        return None
+
+    def _fork(self, connection: socket.socket) -> bool:
+        """True in the forked child (the server's sockets closed there); in the server, the child is answered for."""
+        pid = os.fork()
+        if pid == 0:
+            self.close()
+            connection.close()
+            return True
+        try:
+            send(connection, {"pid": pid})
+        except OSError:  # its controller was stopped while it waited: the rank must not run unwatched
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            connection.close()
+            return False
+        self.waiting[pid] = connection
+        return False
+
+    def close(self) -> None:
+        self.selector.close()
+        for connection in (self.listener, *self.waiting.values()):
+            connection.close()
 
 
 def read_request(connection: socket.socket) -> dict[str, Any] | None:

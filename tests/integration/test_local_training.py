@@ -73,7 +73,9 @@ def test_local_run_trains_logs_and_reloads(tmp_path: Path, method: str, model: s
         jobs = json.loads((run / "launch.json").read_text())["jobs"]  # one rank each: forked warm by a fork server
         assert sorted(jobs) == ["eval", "export", "prepare", "train"]
         assert all((run / "submitit" / f"{job}_forked.json").exists() for job in jobs.values())
-        assert result.stdout.count(" s start-up, 0.0 s imports,") == 4, result.stdout
+        warm = [line for line in result.stdout.splitlines() if " s start-up, 0.0 s imports," in line]
+        assert {"[train]", "[export]", "[eval]"} <= {line.split()[0] for line in warm}, result.stdout  # prepare may
+        # start before the server imported its module
     else:
         from peft import AutoPeftModelForCausalLM
 

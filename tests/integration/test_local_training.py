@@ -73,9 +73,9 @@ def test_local_run_trains_logs_and_reloads(tmp_path: Path, method: str, model: s
         jobs = json.loads((run / "launch.json").read_text())["jobs"]  # one rank each: forked warm by a fork server
         assert sorted(jobs) == ["eval", "export", "prepare", "train"]
         assert all((run / "submitit" / f"{job}_forked.json").exists() for job in jobs.values())
+        # prepare may be forked before the server imported its module; the later stages find theirs imported
         warm = [line for line in result.stdout.splitlines() if " s start-up, 0.0 s imports," in line]
-        assert {"[train]", "[export]", "[eval]"} <= {line.split()[0] for line in warm}, result.stdout  # prepare may
-        # start before the server imported its module
+        assert {"[train]", "[export]", "[eval]"} <= {line.split()[0] for line in warm}, result.stdout
     else:
         from peft import AutoPeftModelForCausalLM
 

@@ -13,7 +13,7 @@ tools/pretrain_recipes/tiny-coder-base/ (random init from its config.json, packi
 the run's final/ is written in float16 to the output directory with the tokenizer files and a MODEL_CARD.md.
 Torch runs on --threads threads (OMP_NUM_THREADS): the same seed, threads and machine rebuild the same bytes.
 
-    nice -n 19 .venv/bin/python tools/pretrain_base.py --steps 450          # the shipped weights (~20 min, 2 cores)
+    nice -n 19 .venv/bin/python tools/pretrain_base.py --steps 1000   # the shipped weights (18 min on 2 busy cores)
     .venv/bin/python tools/pretrain_base.py --steps 10 --max-files 40 --out /tmp/a   # a short run, e.g. to compare
 """
 

@@ -57,7 +57,7 @@ def catalog_stubs() -> dict[str, dict[str, bytes]]:
     for model_yaml in sorted((ROOT / "recipes").glob("*/model.yaml")):
         text = model_yaml.read_text()
         name = re.search(r"^  name_or_path: (\S+)$", text, re.M)
-        if name is None or re.search(r"^  init: random$", text, re.M):
+        if name is None or name.group(1).startswith((".", "/")) or re.search(r"^  init: random$", text, re.M):
             continue
         stubs[name.group(1)] = {"config.json": (model_yaml.parent / "config.json").read_bytes(),
                                 "model.safetensors": EMPTY_SAFETENSORS}

@@ -120,7 +120,7 @@ def read_report(directory: Path) -> dict[str, Any]:
 
 def cache_key(data: DataSpec, tokenizer: Any, seed: int) -> str:
     digest = hashlib.sha256()
-    settings = data.model_dump(mode="json", exclude={"source", "eval_source", "split"})
+    settings = data.model_dump(mode="json", exclude={"source", "eval_source", "split", "packed_attention"})
     digest.update(json.dumps({"v": PREPARE_VERSION, "data": settings, "seed": seed}, sort_keys=True).encode())
     digest.update(tokenizer.backend_tokenizer.to_str().encode())
     digest.update(str(getattr(tokenizer, "chat_template", "")).encode())

@@ -105,6 +105,10 @@ class DataSpec(Section):
     split: str = "train"
     seq_length: PositiveInt
     packing: bool = False
+    packed_attention: Literal["document", "row"] = Field(
+        "document", description="packing: document = each document attends to itself only (padding-free batches); "
+        "row = causal attention over the whole row, across documents (pretraining style: no block mask, ~3x faster "
+        "with sdpa on CPU)")
     fim_rate: UnitFloat = Field(0.0, description="fraction of documents rewritten fill-in-the-middle")
     fim_spm_rate: UnitFloat = Field(0.0, description="fraction of FIM documents in SPM order (else PSM)")
     fim_mode: Literal["token", "character"] = Field(
@@ -133,6 +137,9 @@ class DataSpec(Section):
         if not self.glob.strip() or self.glob.startswith(("/", "~")) or ".." in PurePosixPath(self.glob).parts:
             raise RuleError(f"{self.glob!r} must be a relative, non-empty pattern inside the source directory "
                             "(no '..'), e.g. **/*.py", "glob")
+        if self.packed_attention == "row" and not self.packing:
+            raise RuleError("data.packed_attention row trains packed rows: set data.packing true", "packed_attention",
+                            "packing")
         if self.fim_rate and self.format in ("chat", "alpaca"):
             raise RuleError(f"FIM rewrites raw code documents: data.fim_rate needs format code or "
                             f"prompt_completion, not {self.format}", "fim_rate", "format")

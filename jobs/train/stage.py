@@ -68,10 +68,10 @@ def sft_config(recipe: Recipe, plan: Plan, run: RunDir) -> SFTConfig:
         "output_dir": str(run.checkpoints),
         # The prepare stage already tokenized, masked (labels), truncated and packed: packed rows are exactly
         # seq_length long and carry seq_lengths, which padding-free batches turn into per-document position ids
-        # (no attention across documents).
+        # (no attention across documents); packed_attention row trains the rows as they are (causal over the row).
         "max_length": None if data.packing else data.seq_length,
         "packing": False,
-        "padding_free": data.packing,
+        "padding_free": data.packing and data.packed_attention == "document",
         "learning_rate": t.learning_rate,
         "lr_scheduler_type": t.lr_scheduler,
         "warmup_steps": t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio or 0.0),

@@ -251,6 +251,12 @@ OVERRIDE_AND_FLAG_CASES = [
         id="max-steps-and-epochs",
     ),
     pytest.param(
+        ["lora", "tiny-starcoder", "data.packing=false", "data.packed_attention=row", "--dry-run"],
+        "override data.packed_attention=row: data.packed_attention: ",
+        ("data.packed_attention row trains packed rows: set data.packing true",),
+        id="row-attention-without-packing",
+    ),
+    pytest.param(
         ["lora", "tiny-starcoder", "method.kind=full", "--dry-run"],
         "override method.kind=full: method.kind: ",
         ("method.kind full trains every weight: remove method.lora",),

@@ -1,5 +1,5 @@
 # Set-up and the two README commands. Works on a fresh Debian/Ubuntu machine with python3 (>= 3.11) and make.
-#   make demo   # set up, train tiny-starcoder three ways (full-ft, lora, qlora) on the same data here, compare them
+#   make demo   # set up, fine-tune the shipped pretrained tiny-coder three ways (full-ft, lora, qlora) here, compare
 #   make test   # set up, then the whole test suite (unit, integration, cluster: a real 2-node SLURM cluster, as root)
 # On a GPU cluster, install into your own environment instead (see README: "Install on a cluster").
 
@@ -26,9 +26,9 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 DEMO := demo-$(shell date +%Y%m%d-%H%M%S)
 
 demo: setup
-	$(BIN)/launch full-ft tiny-starcoder --local --name $(DEMO)-full-ft
-	$(BIN)/launch lora tiny-starcoder --local --name $(DEMO)-lora
-	$(BIN)/launch qlora tiny-starcoder --local --name $(DEMO)-qlora
+	$(BIN)/launch full-ft tiny-coder --local --name $(DEMO)-full-ft
+	$(BIN)/launch lora tiny-coder --local --name $(DEMO)-lora
+	$(BIN)/launch qlora tiny-coder --local --name $(DEMO)-qlora
 	$(BIN)/launch compare $(DEMO)-full-ft $(DEMO)-lora $(DEMO)-qlora
 
 test: setup

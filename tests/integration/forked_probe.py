@@ -3,14 +3,17 @@
     python -u -m forked_probe OUT_JSON EXIT_CODE [SLEEP_S]      # from a directory holding a copy of it
 
 Prints a line at once (the log must show it while the process still runs), writes its working directory, argv,
-environment and __name__ to OUT_JSON, sleeps SLEEP_S (default 0), then exits with EXIT_CODE.
+environment and standard input to OUT_JSON, sleeps SLEEP_S (default 0), then exits with EXIT_CODE, leaving a thread
+to join and an atexit handler to run.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
+import threading
 import time
 
 if __name__ == "__main__":
@@ -20,4 +23,6 @@ if __name__ == "__main__":
     with open(out, "w", encoding="utf-8") as handle:
         json.dump({"cwd": os.getcwd(), "argv": sys.argv, "env": dict(os.environ), "stdin": sys.stdin.read()}, handle)
     time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    atexit.register(print, "atexit ran", flush=True)  # an ending rank still runs its exit handlers
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()  # and joins
     sys.exit(code)

@@ -64,6 +64,7 @@ def test_a_forked_rank_is_the_process_it_replaces(server: ForkServer, tmp_path: 
     assert seen["env"] == {"PROBE_ONLY": "1"}  # the request's environment only, none of the server's
     assert seen["stdin"] == ""
     assert (tmp_path / "err.log").read_text() == "probe stderr\n"
+    assert log.read_text().splitlines()[-2:] == ["thread done", "atexit ran"]  # joined, then exit handlers
     assert task.process.pid != os.getpid() and not task.process.alive()
 
 

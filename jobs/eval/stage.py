@@ -4,9 +4,10 @@
 
 On eval.ranks ranks of one node (default: a rank per GPU, 1 on CPU) each rank generates every world-th prompt of
 HumanEval and of the FIM eval, in one go; rank 0 gathers the completions (gloo), runs the sandbox, the held-out loss
-and the logging. What generates is eval.engine: transformers in this process (jobs.eval.generation), or vLLM in a child
-process on the rank's GPU (jobs.eval.vllm_engine; `auto` takes it where vLLM is installed and CUDA is there), after which
-rank 0 loads the model with transformers for the held-out loss.
+and the logging. What generates is eval.engine: transformers in this process (jobs.eval.generation), or vLLM in a
+child process on the rank's GPU (jobs.eval.vllm_engine; `auto` takes it where vLLM is installed and CUDA is there),
+after which rank 0 loads the model with transformers for the held-out loss. Rank 0 then loads the base, alone, for
+the same held-out loss and FIM spans: what training changed.
 
 What the recipe's `eval` section asks for, on one model (eval.model):
     merged   the newest export's model/ (full fine-tunes without an export: final/; LoRA without one: as adapter)
@@ -18,7 +19,8 @@ Measured, each skipped when its setting is 0/false:
                every program run in its own sandbox (jobs.eval.sandbox): eval/humaneval_pass_at_<k>; per problem, with
                the failure kind, in humaneval.jsonl
     FIM        eval.fim_samples masked spans of held-out code (jobs.eval.fim_eval), tokenizers with FIM sentinels only:
-               eval/fim_exact_match, eval/fim_edit_similarity (and per file type); per example in fim.jsonl
+               eval/fim_exact_match, eval/fim_edit_similarity (and per file type); per example in fim.jsonl; the
+               base's (greedy, transformers, rank 0) as eval/base_fim_* and base_fim.jsonl
     held-out   loss and perplexity on the prepared eval split, for this model and the base:
                eval/heldout_loss, eval/heldout_perplexity, eval/base_heldout_loss, eval/base_heldout_perplexity
 
@@ -111,10 +113,15 @@ def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Pat
         if model is None:  # vLLM generated in its own process: the model itself, once, for the loss
             model, _ = load_chosen(chosen, recipe, context)
         metrics |= heldout_metrics(model, rows, spec.batch_size)
-        if spec.model != "base":  # the same data through the model before training, one model in memory at a time
-            del model
-            base, _ = load_run_model(run, recipe, "base", context)
+    if spec.model != "base" and (rows is not None or examples):  # the base on the same data: what training changed
+        del model  # one model in memory at a time
+        base, _ = load_run_model(run, recipe, "base", context)
+        if rows is not None:
             metrics |= heldout_metrics(base, rows, spec.batch_size, "base_")
+        if examples:
+            base_completions = TransformersEngine(base, tokenizer).generate([requests[-1]])[0]
+            metrics |= {f"base_{name}": value for name, value in
+                        score_fim_examples(examples, base_completions, out, "base_fim.jsonl").items()}
     record = {"model": spec.model, "evaluated": described, "ranks": context.world_size, "engine": engine.name,
               "settings": spec.model_dump(mode="json"), "metrics": metrics,
               "generation_seconds": round(generation_s, 1), "seconds": round(time.monotonic() - started, 1)}
@@ -214,11 +221,12 @@ def fim_examples_for(tokenizer: Any, spec: EvalSpec, seed: int, context: RankCon
     return fim_examples(code_documents(spec.fim_source), spec.fim_samples, seed)
 
 
-def score_fim_examples(examples: Sequence[Any], completions: Sequence[Sequence[str]], out: Path) -> dict[str, float]:
+def score_fim_examples(examples: Sequence[Any], completions: Sequence[Sequence[str]], out: Path,
+                       name: str = "fim.jsonl") -> dict[str, float]:
     from jobs.eval.fim_eval import score_fim
 
     metrics, rows = score_fim(examples, [c[0] for c in completions])
-    _write_jsonl(out / "fim.jsonl", rows)
+    _write_jsonl(out / name, rows)
     return metrics
 
 

@@ -10,7 +10,7 @@ stage its scores; a later attempt (a resume, `launch eval`) sends newer values a
 Names are short and unprefixed so the table's columns read plainly: train_loss, eval_loss, best_eval_loss,
 tokens_per_s (the median of the logged windows), gpu_hours or cpu_rank_hours (world size × this attempt's training
 time), peak_memory_gb (this rank's), humaneval_pass_at_1, fim_exact_match, fim_edit_similarity, heldout_loss,
-base_heldout_loss.
+base_heldout_loss, base_fim_edit_similarity.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-EVAL_SUMMARY = ("humaneval_pass_at_1", "fim_exact_match", "fim_edit_similarity", "heldout_loss", "base_heldout_loss")
+EVAL_SUMMARY = ("humaneval_pass_at_1", "fim_exact_match", "fim_edit_similarity", "heldout_loss", "base_heldout_loss",
+                "base_fim_edit_similarity")
 TRAIN_SUMMARY = ("train_loss", "eval_loss", "best_eval_loss", "tokens_per_s", "gpu_hours", "cpu_rank_hours",
                  "peak_memory_gb")
 # MLflow's UI keeps a "shared view" (the runs table's columns) in an experiment tag and opens it from the URL:

@@ -98,7 +98,9 @@ def assert_chained_eval_logged(tmp_path: Path, run: Path, eval_run_id: str) -> N
     logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(eval_run_id).data
     metrics = logged.metrics
     assert record["engine"] == logged.tags["clusterft.eval.engine"] == "transformers"  # auto, on a CPU
-    for name in ("humaneval_pass_at_1", "fim_exact_match", "fim_edit_similarity", "heldout_loss", "base_heldout_loss"):
+    assert len((results.parent / "base_fim.jsonl").read_text().splitlines()) == 8  # the base on the same FIM spans
+    for name in ("humaneval_pass_at_1", "fim_exact_match", "fim_edit_similarity", "heldout_loss", "base_heldout_loss",
+                 "base_fim_edit_similarity"):
         assert metrics[f"eval/{name}"] == pytest.approx(record["metrics"][name])
     assert metrics["eval/heldout_loss"] < metrics["eval/base_heldout_loss"], "training lowered the held-out loss"
 

@@ -29,6 +29,7 @@ def test_a_cpu_run_counts_rank_hours_and_a_short_run_sends_what_it_has() -> None
 
 def test_eval_summary_keeps_the_compared_scores() -> None:
     metrics = {"humaneval_pass_at_1": 0.25, "humaneval_pass_at_10": 0.5, "fim_exact_match": 0.1,
-               "fim_py_exact_match": 0.1, "heldout_loss": 1.2, "base_heldout_loss": 1.9, "heldout_perplexity": 3.3}
+               "fim_py_exact_match": 0.1, "heldout_loss": 1.2, "base_heldout_loss": 1.9, "heldout_perplexity": 3.3,
+               "base_fim_edit_similarity": 0.2, "base_fim_exact_match": 0.0}
     assert eval_summary(metrics) == {"humaneval_pass_at_1": 0.25, "fim_exact_match": 0.1, "heldout_loss": 1.2,
-                                     "base_heldout_loss": 1.9}
+                                     "base_heldout_loss": 1.9, "base_fim_edit_similarity": 0.2}

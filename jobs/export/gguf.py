@@ -9,7 +9,8 @@ HF → GGUF name map; llama's q/k projections are permuted from the HF rotary la
 does (transformers undoes it when it reads a llama GGUF). Types: f16 writes every matrix as F16; q8_0 and q4_0
 quantize every matrix whose rows are a whole number of 32-value blocks (others stay F16); vectors (norms, biases)
 stay F32. Metadata: the hyperparameters llama.cpp reads for the architecture, and the byte-level BPE tokenizer
-(tokenizer.ggml.model "gpt2": tokens, types, merges, special ids, chat template).
+(tokenizer.ggml.model "gpt2": tokens, types, merges, special ids, chat template, and the name of llama.cpp's rules
+that split text as the tokenizer's pre-tokenizer does). jobs/export/llama_cpp.py runs the file in llama.cpp.
 
 Tensors are read one at a time from the safetensors shards; the writer holds the converted tensors (a quarter of
 the 16-bit size for q4_0) until it writes the file, to a hidden name renamed into place at the end.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,7 @@ def _tokenizer(writer: Any, model_dir: Path, config: dict[str, Any]) -> None:
         types[index] = gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(llama_cpp_pre_tokenizer(tokenizer.get("pre_tokenizer"), path))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -164,6 +166,29 @@ def _tokenizer(writer: Any, model_dir: Path, config: dict[str, Any]) -> None:
     template = model_dir / "chat_template.jinja"
     if template.is_file():
         writer.add_chat_template(template.read_text(encoding="utf-8"))
+
+
+def llama_cpp_pre_tokenizer(pre: dict[str, Any] | None, path: Path) -> str:
+    """The name under which llama.cpp splits text as this tokenizer.json's pre-tokenizer does.
+
+    llama.cpp does not read the pre-tokenizer: it applies the hard-coded rules named by `tokenizer.ggml.pre`. Its
+    "default" rules keep runs of digits together, so a StarCoder tokenizer (one digit per token) would get different
+    ids in llama.cpp for every number. tests/integration/test_llama_cpp.py checks the ids on real code.
+    """
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+
+    def is_byte_level(step: dict[str, Any]) -> bool:
+        return all(step.get(key) == value for key, value in byte_level.items())
+
+    steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    if len(steps) == 1 and is_byte_level(steps[0]):
+        return "gpt-2"
+    if (len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits")
+            and is_byte_level(steps[1])):
+        return "starcoder"
+    print(f"[export] warning: {path}: llama.cpp has no rules known to match this pre-tokenizer; the GGUF uses its "
+          "default ones, so llama.cpp may split some text differently", file=sys.stderr, flush=True)
+    return "default"
 
 
 def read_gguf_state_dict(path: Path, config: dict[str, Any]) -> dict[str, Any]:

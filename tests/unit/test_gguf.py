@@ -89,6 +89,35 @@ def test_gguf_metadata_and_vocabulary(tmp_path: Path) -> None:
     assert fields["tokenizer.ggml.tokens"][3] == "<fim_suffix>" and fields["tokenizer.ggml.eos_token_id"] == 0
     assert len(fields["tokenizer.ggml.merges"]) == len(tokenizer["model"]["merges"])
     assert "output.weight" not in {t.name for t in reader.tensors}, "a tied head is not written twice"
+    assert fields["tokenizer.ggml.pre"] == "starcoder"  # one digit per token, as the tokenizer splits them
+
+
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+@pytest.mark.parametrize(("pre", "name"), [
+    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL]}, "starcoder"),
+    (BYTE_LEVEL, "gpt-2"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": False}, BYTE_LEVEL]}, "default"),
+    (None, "default"),
+])
+def test_the_pre_tokenizer_is_named_for_llama_cpp(pre: Any, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.export.gguf import llama_cpp_pre_tokenizer
+
+    assert llama_cpp_pre_tokenizer(pre, Path("tokenizer.json")) == name
+    warned = "llama.cpp may split some text differently" in capsys.readouterr().err
+    assert warned == (name == "default")
+
+
+def test_a_missing_llama_cpp_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from jobs.export import llama_cpp
+
+    monkeypatch.delitem(sys.modules, llama_cpp.MODULE_NAME, raising=False)
+    monkeypatch.setenv(llama_cpp.LIBRARY_ENV, str(tmp_path))
+    with pytest.raises(llama_cpp.LlamaCppMissing, match="tools/install_llama_cpp.py"):
+        llama_cpp.LlamaCpp(tmp_path / "m.gguf")
 
 
 def test_export_writes_gguf_next_to_the_merged_model(tmp_path: Path, launch: Callable[..., CliResult]) -> None:

@@ -3,12 +3,12 @@
     from jobs.eval.fim_eval import fim_examples, fim_prompt, score_fim, code_documents
     examples = fim_examples(code_documents(source), n=64, seed=0)   # FimExample(name, kind, prefix, middle, suffix)
     prompts = [fim_prompt(e, tokenizer) for e in examples]           # PSM with the tokenizer's own sentinels
-    metrics, rows = score_fim(examples, completions)                 # {"fim_exact_match": .., "fim_edit_similarity": ..}
+    metrics, rows = score_fim(examples, completions)            # {"fim_exact_match": .., "fim_edit_similarity": ..}
 
 The masked span is one to three whole lines strictly inside the file (a non-empty prefix and suffix), drawn with a
-seeded generator, so two evaluations of the same data ask the same questions. Exact match compares the stripped
-middle; edit similarity is difflib's ratio between the lines written and the lines masked (1.0 is identical), the
-line-level similarity code-completion benchmarks report. Both are also given per file type (the file extension).
+seeded generator, so two evaluations of the same data ask the same questions; a few documents give several spans
+each. Exact match compares the stripped middle; edit similarity is difflib's ratio between the lines written and
+the lines masked (1.0 is identical), the line-level similarity code-completion benchmarks report. Both are also given per file type (the file extension).
 Documents: the lines of held-out code files, or, by default, HumanEval's prompts with their canonical solutions —
 whole Python programs that no recipe trains on.
 """
@@ -51,16 +51,26 @@ def code_documents(source: str | None) -> list[tuple[str, str]]:
 
 
 def fim_examples(documents: Sequence[tuple[str, str]], n: int, seed: int = 0) -> list[FimExample]:
-    """Up to `n` examples, at most one per document, from documents with at least three non-blank lines."""
+    """Up to `n` examples from documents with at least three non-blank lines: one per document when there are at
+    least `n` documents; with fewer (a codebase's few held-out files), distinct spans from each document in turn,
+    until there are `n` or the draws stop finding new ones."""
     rng = random.Random(seed)
     usable = [(name, text) for name, text in documents if sum(1 for line in text.splitlines() if line.strip()) >= 3]
     chosen = rng.sample(usable, min(n, len(usable)))
-    examples = []
-    for name, text in chosen:
+    examples: list[FimExample] = []
+    seen: set[tuple[int, int, int]] = set()
+    for draw in range(8 * n if chosen else 0):
+        if len(examples) == n:
+            break
+        index = draw % len(chosen)
+        name, text = chosen[index]
         lines = text.splitlines(keepends=True)
         inner = [i for i in range(1, len(lines) - 1) if lines[i].strip()]
         first = rng.choice(inner)
         last = min(first + rng.randrange(MAX_SPAN_LINES), len(lines) - 2)
+        if (index, first, last) in seen:
+            continue
+        seen.add((index, first, last))
         examples.append(FimExample(name, Path(name).suffix.lstrip(".") or "txt", "".join(lines[:first]),
                                    "".join(lines[first:last + 1]), "".join(lines[last + 1:])))
     return examples

@@ -18,7 +18,8 @@ Measured, each skipped when its setting is 0/false:
     HumanEval  the first eval.humaneval_problems problems, eval.samples completions each (batched, stop sequences),
                every program run in its own sandbox (jobs.eval.sandbox): eval/humaneval_pass_at_<k>; per problem, with
                the failure kind, in humaneval.jsonl
-    FIM        eval.fim_samples masked spans of held-out code (jobs.eval.fim_eval), tokenizers with FIM sentinels only:
+    FIM        eval.fim_samples masked spans of held-out code (jobs.eval.fim_eval): eval.fim_source, else the files
+               held out of a source directory, else HumanEval's programs; tokenizers with FIM sentinels only:
                eval/fim_exact_match, eval/fim_edit_similarity (and per file type); per example in fim.jsonl; the
                base's (greedy, transformers, rank 0) as eval/base_fim_* and base_fim.jsonl
     held-out   loss and perplexity on the prepared eval split, for this model and the base:
@@ -78,7 +79,7 @@ def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Pat
     out = run.evals / f"{spec.model}-{timestamp()}"
     tokenizer = load_tokenizer(recipe)
     problems = load_problems()[:spec.humaneval_problems] if spec.humaneval_problems != 0 else []
-    examples = fim_examples_for(tokenizer, spec, recipe.training.seed, context) if spec.fim_samples else []
+    examples = fim_examples_for(tokenizer, recipe, context) if spec.fim_samples else []
     requests = []
     if problems:
         requests.append(GenerationRequest([p.prompt for p in problems], GenerationSettings(
@@ -207,10 +208,12 @@ def score_humaneval(problems: Sequence[Any], completions: Sequence[Sequence[str]
             for name, value in score(results, spec.k).items()}
 
 
-def fim_examples_for(tokenizer: Any, spec: EvalSpec, seed: int, context: RankContext) -> list[Any]:
-    """The masked spans to ask for; none when the tokenizer has no FIM sentinels (said once, by rank 0)."""
+def fim_examples_for(tokenizer: Any, recipe: Recipe, context: RankContext) -> list[Any]:
+    """The masked spans to ask for: from eval.fim_source, else from the files the prepare stage held out of a source
+    directory, else from HumanEval's programs; none when the tokenizer has no FIM sentinels (said once, by rank 0)."""
     from jobs.eval.fim_eval import code_documents, fim_examples
     from jobs.prepare.fim import fim_tokens
+    from jobs.prepare.stage import ensure_prepared, read_report
 
     try:
         fim_tokens(tokenizer)
@@ -218,7 +221,15 @@ def fim_examples_for(tokenizer: Any, spec: EvalSpec, seed: int, context: RankCon
         if context.is_main:
             print("[eval] FIM: skipped, the tokenizer has no FIM sentinels", flush=True)
         return []
-    return fim_examples(code_documents(spec.fim_source), spec.fim_samples, seed)
+    spec, root = recipe.eval, Path(recipe.data.source)
+    held_out = []
+    if spec.fim_source is None and root.is_dir():  # the files prepare held out, by path
+        held_out = read_report(ensure_prepared(recipe, context)).get("heldout_files", [])
+    if held_out:
+        documents = [(name, (root / name).read_text(encoding="utf-8")) for name in held_out]
+    else:
+        documents = code_documents(spec.fim_source)
+    return fim_examples(documents, spec.fim_samples, recipe.training.seed)
 
 
 def score_fim_examples(examples: Sequence[Any], completions: Sequence[Sequence[str]], out: Path,

@@ -1,7 +1,10 @@
-"""Which files of a source directory become documents (format code): the rule the launch check and prepare share.
+"""Which files of a source directory become documents (format code): the rule the launch check, prepare and the
+eval stage share.
 
     for path, skipped in code_files(Path("my-repo"), "**/*.py"):
         ...   # skipped is None for a file to read, else why not ("vendored or hidden directory", "over 1 MB", ...)
+    files = read_code_files(Path("my-repo"), "**/*.py", skipped)      # [(path, text)] of the files read
+    held_out(Path("my-repo"), [path for path, _ in files], data, seed)  # the eval split's files, by path
 
 Only regular files inside the directory count: a symlink that leads outside it, a FIFO or a device is skipped (a
 FIFO would block the reader forever). Torch- and datasets-free: the light launcher imports it.
@@ -9,9 +12,13 @@ FIFO would block the reader forever). Torch- and datasets-free: the light launch
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from jobs.spec.schema import DataSpec
 
 VENDORED_DIRS = {".git", ".hg", ".svn", "node_modules", "vendor", "third_party", "__pycache__", ".venv", "venv",
                  "site-packages", "dist", "build", ".tox", ".mypy_cache", ".pytest_cache"}
@@ -37,6 +44,40 @@ def code_files(root: Path, pattern: str) -> Iterator[tuple[Path, str | None]]:
             yield path, "over 1 MB"
         else:
             yield path, None
+
+
+def read_code_files(root: Path, pattern: str, skipped: Counter[str]) -> list[tuple[Path, str]]:
+    """(path, text) of every file under `root` that prepare reads, in path order; the others counted by reason."""
+    files: list[tuple[Path, str]] = []
+    for path, reason in code_files(root, pattern):
+        text = None
+        if reason is None:
+            text, reason = read_code_file(path)
+        if text is not None:
+            files.append((path, text))
+        else:
+            skipped[str(reason)] += 1
+    return files
+
+
+def held_out(root: Path, files: Sequence[Path], data: DataSpec, seed: int) -> set[Path]:
+    """Which of a directory source's `files` make the eval split, by path. data.eval_files names them; with
+    data.eval_fraction, that share of the files (at least one, never all) ranked by a seeded hash of their path, so
+    each file keeps its side as others are added or removed."""
+    if data.eval_files:
+        return held_out_files(root, data.eval_files) & set(files)
+    if data.eval_fraction == 0 or len(files) < 2:
+        return set()
+    count = min(len(files) - 1, max(1, round(data.eval_fraction * len(files))))
+    rank = sorted(files, key=lambda p: hashlib.sha256(f"{seed}/{p.relative_to(root).as_posix()}".encode()).digest())
+    return set(rank[:count])
+
+
+def held_out_files(root: Path, patterns: Sequence[str]) -> set[Path]:
+    """The files under `root` that data.eval_files names: each pattern matched as data.glob is (Path.glob); a
+    directory it matches (`tests`, `tests/**`) holds out every file under it."""
+    matched = {path for pattern in patterns for path in root.glob(pattern)}
+    return {file for path in matched for file in ([path] if not path.is_dir() else path.rglob("*"))}
 
 
 def read_code_file(path: Path) -> tuple[str | None, str | None]:

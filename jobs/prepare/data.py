@@ -7,7 +7,9 @@
     code              → {"text"}                        every token
 
 Sources: a local .jsonl/.json/.parquet file, a directory of source files (format code: the "personal copilot"
-case; binaries, vendored trees and files over 1 MB are skipped and counted), or a hub dataset id.
+case; binaries, vendored trees and files over 1 MB are skipped and counted), or a hub dataset id. The eval split:
+its own source (data.eval_source); for a source directory, files held out by path (named by data.eval_files, or
+data.eval_fraction of them: jobs.prepare.code_files.held_out); else a seeded fraction of the rows.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from datasets import Dataset, load_dataset
 from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
-from jobs.prepare.code_files import code_files, read_code_file
+from jobs.prepare.code_files import held_out, read_code_files
 from jobs.spec.schema import DataSpec
 
 ALPACA_WITH_INPUT = (
@@ -43,16 +45,32 @@ class SourceReport:
 
     rows: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    held_out: list[str] = field(default_factory=list)  # a directory's eval split: its files, relative to the source
+
+
+def load_sources(data: DataSpec, seed: int, report: SourceReport) -> tuple[Dataset, Dataset | None]:
+    """The training documents, and the held-out ones where the split is known here: data.eval_source, or a source
+    directory's files held out by path (data.eval_files, or data.eval_fraction of them). Rows of a file or a hub
+    dataset are split later, by data.eval_fraction of the rows (split_documents)."""
+    root = Path(data.source)
+    if root.is_dir():
+        files = read_code_files(root, data.glob, report.skipped)
+        held = held_out(root, [path for path, _ in files], data, seed)
+        report.rows = len(files)
+        report.held_out = [str(path.relative_to(root)) for path, _ in files if path in held]
+        train = code_rows([text for path, text in files if path not in held], data)
+        if held:
+            return train, code_rows([text for path, text in files if path in held], data)
+        return train, load_rows(data.eval_source, data) if data.eval_source else None
+    rows = load_rows(data.source, data, report)
+    return rows, load_rows(data.eval_source, data) if data.eval_source else None
 
 
 def load_rows(source: str, data: DataSpec, report: SourceReport | None = None) -> Dataset:
     report = report if report is not None else SourceReport()
     path = Path(source)
     if path.is_dir():
-        rows = read_code_directory(path, data.glob, report)
-        # An in-memory table never cached on disk: a random fingerprint spares hashing every byte of it.
-        table = InMemoryTable.from_pydict({data.column("content"): pa.array(rows, type=pa.string())})
-        loaded = Dataset(table, fingerprint=generate_random_fingerprint())
+        loaded = code_rows([text for _, text in read_code_files(path, data.glob, report.skipped)], data)
     elif path.exists():
         loaded = load_dataset(LOADERS[path.suffix], data_files=str(path), split="train")
     else:
@@ -62,18 +80,10 @@ def load_rows(source: str, data: DataSpec, report: SourceReport | None = None) -
     return loaded
 
 
-def read_code_directory(root: Path, pattern: str, report: SourceReport) -> list[str]:
-    """Text of every source file under `root` matching `pattern`, in path order; the rest is counted."""
-    texts: list[str] = []
-    for path, skipped in code_files(root, pattern):
-        text = None
-        if skipped is None:
-            text, skipped = read_code_file(path)
-        if text is not None:
-            texts.append(text)
-        else:
-            report.skipped[str(skipped)] += 1
-    return texts
+def code_rows(texts: list[str], data: DataSpec) -> Dataset:
+    # An in-memory table never cached on disk: a random fingerprint spares hashing every byte of it.
+    table = InMemoryTable.from_pydict({data.column("content"): pa.array(texts, type=pa.string())})
+    return Dataset(table, fingerprint=generate_random_fingerprint())
 
 
 def alpaca_prompt(instruction: str, input_text: str | None) -> str:

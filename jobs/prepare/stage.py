@@ -37,18 +37,19 @@ from datasets.table import InMemoryTable
 from jobs.common.build_once import build_once
 from jobs.common.hub import fetch_snapshot, is_hub_id
 from jobs.common.tokenizer import load_tokenizer
-from jobs.prepare.data import SourceReport, load_rows, split_documents
+from jobs.prepare.data import SourceReport, load_sources, split_documents
 from jobs.prepare.documents import tokenize
 from jobs.prepare.encode import EncoderPool, available_cpus
 from jobs.prepare.fim import FimTransform, fim_tokens
 from jobs.prepare.packing import Documents, PackStats, eos_joined, pack_arrays
 from jobs.spec.context import RankContext
+from jobs.spec.errors import UserError
 from jobs.spec.plan import Plan
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir, write_atomic
 from jobs.spec.schema import DataSpec, Recipe
 from jobs.track.tracker import Tracker
 
-PREPARE_VERSION = 1  # bump when the cache layout or tokenization changes
+PREPARE_VERSION = 2  # bump when the cache layout or tokenization changes (2: eval splits keep their padded tail)
 BYTES_PER_PROCESS = 64 << 20  # automatic worker processes: one per this much source text, at most one per CPU
 MAX_CHUNK_VALUES = 1 << 30  # list values per Arrow chunk, under the 2**31 of its int32 offsets
 WAIT_FOR_CACHE_S = 6 * 3600
@@ -72,6 +73,7 @@ class PrepareReport:
     key: str
     source_rows: int
     source_skipped: dict[str, int]
+    heldout_files: list[str] = field(default_factory=list)  # a source directory's eval split, by path
     splits: dict[str, SplitReport] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -162,8 +164,7 @@ def build_cache(recipe: Recipe, tokenizer: Any, target: Path, key: str, processe
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the stage's one job is tokenizing: use every core
     disable_progress_bars()  # the stage prints its own progress lines
     source = SourceReport()
-    rows = load_rows(data.source, data, source)
-    eval_rows = load_rows(data.eval_source, data) if data.eval_source else None
+    rows, eval_rows = load_sources(data, recipe.training.seed, source)
     splits = split_documents(rows, eval_rows, data, recipe.training.seed)
     fim = None
     if data.fim_rate > 0:
@@ -171,14 +172,20 @@ def build_cache(recipe: Recipe, tokenizer: Any, target: Path, key: str, processe
     if processes is None:
         text_bytes = rows.data.nbytes + (eval_rows.data.nbytes if eval_rows is not None else 0)
         processes = min(available_cpus(), 1 + text_bytes // BYTES_PER_PROCESS)
-    report = PrepareReport(key=key, source_rows=source.rows, source_skipped=dict(source.skipped))
+    report = PrepareReport(key=key, source_rows=source.rows, source_skipped=dict(source.skipped),
+                           heldout_files=source.held_out)
     built: dict[str, Dataset] = {}
     with EncoderPool(tokenizer.backend_tokenizer.to_str(), processes) as pool:
         for name, documents in splits.items():
             print(f"[prepare] {name}: tokenizing {len(documents)} documents ({processes} processes)", flush=True)
             split_report = SplitReport()
             encoded = kept_documents(tokenize(documents, data, tokenizer, fim, pool), fim, split_report)
-            table = rows_table(encoded, data, tokenizer.eos_token_id, split_report)
+            tail_pad = None if name == "train" else _pad_id(tokenizer)  # held-out tokens all count
+            table = rows_table(encoded, data, tokenizer.eos_token_id, split_report, tail_pad)
+            if table.num_rows == 0:  # an empty split cannot be saved, read back or trained on
+                raise UserError(f"data: the {name} split makes no row ({split_report.documents} documents, "
+                                f"{split_report.dropped_tail_tokens} tokens; data.seq_length is {data.seq_length}): "
+                                "add data or lower data.seq_length")
             fingerprint = hashlib.sha256(f"{key}/{name}".encode()).hexdigest()[:16]
             built[name] = Dataset(InMemoryTable(table), fingerprint=fingerprint)
             report.splits[name] = split_report
@@ -207,10 +214,12 @@ def kept_documents(docs: Documents, fim: FimTransform | None, report: SplitRepor
     return Documents(docs.tokens, lengths, docs.mask)
 
 
-def rows_table(docs: Documents, data: DataSpec, eos: int, report: SplitReport) -> pa.Table:
-    """Packed rows (input_ids, labels, seq_lengths) or one row per document, truncated to the sequence length."""
+def rows_table(docs: Documents, data: DataSpec, eos: int, report: SplitReport, tail_pad: int | None = None
+               ) -> pa.Table:
+    """Packed rows (input_ids, labels, seq_lengths) or one row per document, truncated to the sequence length.
+    Packing drops the last partial row, or pads it with `tail_pad` (not trained on) where one is given."""
     if data.packing:
-        packed, stats = pack_arrays(docs, data.seq_length, eos)
+        packed, stats = pack_arrays(docs, data.seq_length, eos, drop_tail=tail_pad is None, pad_id=tail_pad)
         _merge_stats(report, stats)
         rows = np.full(stats.sequences, data.seq_length)
         labels = np.where(packed.loss_mask.astype(bool), packed.input_ids, IGNORE)
@@ -228,6 +237,10 @@ def rows_table(docs: Documents, data: DataSpec, eos: int, report: SplitReport) -
     ids = stream[index]
     labels = np.where(mask[index].astype(bool), ids, IGNORE).astype(np.int64)  # the types of Dataset.from_dict
     return pa.table({"input_ids": _list_column(ids, kept), "labels": _list_column(labels, kept)})
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _list_column(values: np.ndarray, lengths: np.ndarray) -> pa.ChunkedArray:

@@ -116,8 +116,14 @@ class DataSpec(Section):
     )
     glob: str = Field("**/*", description="directory sources: which files to read (binaries, vendored and "
                       "files over 1 MB are skipped and counted)")
-    eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    eval_source: str | None = None
+    eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.0, description="a seeded fraction held out for evaluation: of the rows, or of a source directory's files "
+        "(chosen by path, each file keeping its side as others come and go)")
+    eval_source: str | None = Field(None, description="held-out data in its own file or directory")
+    eval_files: list[str] = Field(
+        default_factory=list, description="directory sources: the files held out for evaluation, by path, as "
+        "data.glob patterns inside data.source (e.g. src/utils.py, tests/**/*.py); the eval stage also draws its "
+        "FIM spans from them")
     max_samples: PositiveInt | None = None
 
     @model_validator(mode="after")
@@ -132,11 +138,17 @@ class DataSpec(Section):
         if self.template == "chat" and self.format != "alpaca":
             raise RuleError(f"data.template chat renders instruction rows: it needs format alpaca, not {self.format}",
                             "template", "format")
-        if self.eval_fraction and self.eval_source:
-            raise RuleError("set data.eval_fraction or data.eval_source, not both", "eval_fraction", "eval_source")
-        if not self.glob.strip() or self.glob.startswith(("/", "~")) or ".." in PurePosixPath(self.glob).parts:
-            raise RuleError(f"{self.glob!r} must be a relative, non-empty pattern inside the source directory "
-                            "(no '..'), e.g. **/*.py", "glob")
+        held_out = [key for key in ("eval_fraction", "eval_source", "eval_files") if getattr(self, key)]
+        if len(held_out) > 1:
+            raise RuleError(f"set one of data.eval_fraction, data.eval_source and data.eval_files, not "
+                            f"{' and '.join(f'data.{key}' for key in held_out)}", *held_out)
+        if self.eval_files and self.format != "code":
+            raise RuleError(f"data.eval_files holds files of a source directory out: it needs format code, not "
+                            f"{self.format}", "eval_files", "format")
+        for key, pattern in [("glob", self.glob)] + [("eval_files", p) for p in self.eval_files]:
+            if not pattern.strip() or pattern.startswith(("/", "~")) or ".." in PurePosixPath(pattern).parts:
+                raise RuleError(f"{pattern!r} must be a relative, non-empty pattern inside the source directory "
+                                "(no '..'), e.g. **/*.py", key)
         if self.packed_attention == "row" and not self.packing:
             raise RuleError("data.packed_attention row trains packed rows: set data.packing true", "packed_attention",
                             "packing")

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from jobs.prepare.code_files import code_files
+from jobs.prepare.code_files import code_files, held_out_files
 from jobs.spec.errors import UserError
 from jobs.spec.schema import DataSpec
 from launchers.recipe.data_rows import check_rows
@@ -62,6 +62,9 @@ def check_files(resolved: Resolved) -> None:
         value = getattr(recipe.data, key)
         if value and Path(value).is_absolute():
             check_local_data(Path(value), recipe.data, resolved.where("data", key), key)
+    source = Path(recipe.data.source)
+    if recipe.data.eval_files and source.is_absolute() and source.is_dir():
+        check_held_out_files(source, recipe.data, resolved.where("data", "eval_files"))
 
 
 def check_local_data(path: Path, data: DataSpec, where: str, key: str) -> None:
@@ -88,6 +91,21 @@ def check_code_directory(root: Path, shown: str, pattern: str, where: str, key: 
         skipped[reason] += 1
     found = f"skipped: {', '.join(f'{n} {why}' for why, n in skipped.most_common())}" if skipped else "no files"
     raise UserError(f"{where}: data.{key}: nothing to read in {shown} with data.glob {pattern!r} ({found})")
+
+
+def check_held_out_files(root: Path, data: DataSpec, where: str) -> None:
+    """Each data.eval_files pattern names a file prepare reads, and some file is left to train on."""
+    readable = {path for path, reason in code_files(root, data.glob) if reason is None}
+    held: set[Path] = set()
+    for pattern in data.eval_files:
+        named = held_out_files(root, [pattern]) & readable
+        if not named:
+            raise UserError(f"{where}: data.eval_files: {pattern!r} names no file that prepare reads in "
+                            f"{display_path(root)} (data.glob {data.glob!r})")
+        held |= named
+    if not readable - held:
+        raise UserError(f"{where}: data.eval_files holds out all {len(readable)} files of {display_path(root)}: "
+                        "nothing is left to train on")
 
 
 def check_lora_targets(resolved: Resolved, cache: Path | None) -> None:

@@ -85,6 +85,15 @@ def test_fim_examples_are_seeded_whole_lines_inside_the_file() -> None:
     assert fim_examples([("short.py", "a\nb\n")], 5) == []
 
 
+def test_few_documents_give_several_distinct_spans_each() -> None:
+    documents = [(f"f{i}.py", "".join(f"line {i}.{j}\n" for j in range(30))) for i in range(3)]
+    examples = fim_examples(documents, 16, seed=0)
+    assert len(examples) == 16 and len(set(examples)) == 16
+    assert {e.name for e in examples} == {"f0.py", "f1.py", "f2.py"}
+    tiny = fim_examples([("t.py", "a\nb\nc\n")], 16)  # one possible span: found once, then the draws give up
+    assert [(e.prefix, e.middle, e.suffix) for e in tiny] == [("a\n", "b\n", "c\n")]
+
+
 def test_fim_prompt_is_psm_with_the_tokenizers_sentinels(tokenizer: object) -> None:
     prompt = fim_prompt(FimExample("a.py", "py", "def f():\n", "    return 1\n", "print(f())\n"), tokenizer)
     assert prompt == "<fim_prefix>def f():\n<fim_suffix>print(f())\n<fim_middle>"

@@ -107,6 +107,7 @@ def write_base(final: Path, out: Path, threads: int) -> tuple[str, int]:
 
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).to(torch.float16)
+    model.config.use_cache = True  # the Trainer saved its training value; the base is for generation too
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -172,7 +173,7 @@ no binary or non-UTF-8 file), test directories ({', '.join(sorted(TEST_DIRS))}) 
 | corpus manifest sha256 | `{r.corpus.manifest_sha256}` (lines `sha256<TAB>bytes<TAB>path`, in corpus order) |
 | split | {train['documents']} files for training ({train['tokens']} tokens in {train['sequences']} rows of \
 {data['seq_length']}), {held['documents']} held out ({held['tokens']} tokens): a seeded {data['eval_fraction']:.0%} \
-of the files |
+of the files, chosen by path (`jobs/prepare/code_files.py`) |
 | FIM | rate {data['fim_rate']} ({data['fim_spm_rate']:.0%} of them SPM), {data['fim_mode']}-level cuts \
 (`jobs/prepare/fim.py`), on both splits |
 | training | {r.steps} steps × {per_step} tokens = {r.steps * per_step} tokens seen \

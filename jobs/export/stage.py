@@ -183,6 +183,7 @@ def _write_version(run: RunDir, recipe: Recipe, source: Path, staging: Path) -> 
             merge_adapter(source, None, staging / "model", dtype=spec.dtype)
         written.append("model")
     if "model" in written:
+        _for_generation(staging / "model" / "config.json")
         (staging / "model" / "README.md").write_text(model_card(recipe, kind="merged model" if recipe.method.lora
                                                                  else "model", **card), encoding="utf-8")
     if spec.gguf is not None:
@@ -227,6 +228,14 @@ def mixed_source(run: RunDir, reference: str) -> Path:
     if not (final / COMPLETE_MARKER).exists():
         raise UserError(f"export.adapters: run {reference} has no complete final adapter ({final})")
     return final
+
+
+def _for_generation(config_path: Path) -> None:
+    """use_cache true: the Trainer saves the training value (false) in config.json, and a generate() without a
+    generation_config.json would recompute every earlier token at every step."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("use_cache") is False:
+        write_atomic(config_path, json.dumps({**config, "use_cache": True}, indent=2, sort_keys=True) + "\n")
 
 
 def _copy_adapter(source: Path, target: Path, weight: float) -> None:

@@ -113,6 +113,8 @@ def test_a_killed_exports_leftovers_are_removed_and_others_kept(tmp_path: Path) 
 
 def test_full_fine_tune_export_is_a_streaming_copy_cast_on_request(tmp_path: Path) -> None:
     run, recipe = make_run(tmp_path, "full-ft")
+    config = json.loads((run.final / "config.json").read_text())
+    (run.final / "config.json").write_text(json.dumps({**config, "use_cache": False}))  # as the Trainer saves it
     done = export_run(run, with_export(recipe, dtype="bfloat16"))
 
     from transformers import AutoModelForCausalLM
@@ -120,6 +122,7 @@ def test_full_fine_tune_export_is_a_streaming_copy_cast_on_request(tmp_path: Pat
     exported = AutoModelForCausalLM.from_pretrained(done.path / "model")
     original = AutoModelForCausalLM.from_pretrained(run.final)
     assert exported.dtype == torch.bfloat16
+    assert exported.config.use_cache is True, "the Trainer saved use_cache false; an exported model generates"
     for (name, got), (_, want) in zip(exported.state_dict().items(), original.state_dict().items(), strict=True):
         assert torch.equal(got, want.to(torch.bfloat16)), name
     assert sorted(json.loads((done.path / "export.json").read_text())) == sorted(

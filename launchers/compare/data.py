@@ -13,6 +13,9 @@ from typing import Any
 METHOD_ORDER = ("full", "lora", "qlora")
 # HumanEval pass@1 on the eval child. MLflow refuses '@' in metric names, so the contract's eval/humaneval_pass@1
 # cannot be logged as such: eval/humaneval_pass_at_1 (or _pass_1, -pass-1, /pass_at_1) is read too.
+BASE_METRICS = ("heldout_loss", "fim_exact_match", "fim_edit_similarity")  # the eval stage runs the base on these
+EVAL_COLUMNS = ("fim_exact_match", "fim_edit_similarity", "heldout_loss",
+                *(f"base_{name}" for name in BASE_METRICS))  # eval/<name>, a column each in CSV and JSON
 HUMANEVAL = re.compile(r"^eval/humaneval[/_-]pass(?:@|_at_|-at-|_|-)1$")
 
 History = list[tuple[int, float]]  # (step, value), ascending steps, one value per step
@@ -129,7 +132,7 @@ class RunSummary:
             "gpu_hours": hours if self.compute_unit == "GPU" else None,
             "cpu_rank_hours": hours if self.compute_unit == "CPU rank" else None,
             "peak_memory_gb": self.peak_memory_gb, "humaneval_pass_at_1": self.humaneval,
-            **{name: self.eval_metric(name) for name in ("fim_exact_match", "heldout_loss", "base_heldout_loss")},
+            **{name: self.eval_metric(name) for name in EVAL_COLUMNS},
             "group": group, "parent_run_id": self.parent_id, "run_dir": self.tags.get("clusterft.run_dir", ""),
         }
 
@@ -181,6 +184,19 @@ class Group:
         if len(self.runs) == 1:
             return f"{self.runs[0].label} ({self.runs[0].recipe})"
         return f"{self.title} (no two of the same model and data)"
+
+    def base_metrics(self) -> dict[str, float] | None:
+        """The base model's eval figures (base_heldout_loss, base_fim_*) when the group's runs that report them agree
+        (one base, the same held-out data): the row every method is measured against. None otherwise."""
+        reported = [{name: run.eval_metric(f"base_{name}") for name in BASE_METRICS} for run in self.runs
+                    if run.eval_metric("base_heldout_loss") is not None]
+        if not self.paired or not reported:
+            return None
+        loss = reported[0]["heldout_loss"]
+        assert loss is not None
+        if any(abs((r["heldout_loss"] or 0.0) - loss) > 1e-4 * max(1.0, abs(loss)) for r in reported):
+            return None
+        return {name: value for name, value in reported[0].items() if value is not None}
 
     @property
     def deltas(self) -> list[Delta]:

@@ -1,5 +1,6 @@
-"""The comparison as `launch compare` prints it: aligned text (each group under its title, then its pairs' delta
-lines), CSV (one row per run, raw numbers) or JSON (runs, groups, deltas, plot paths, artifact path).
+"""The comparison as `launch compare` prints it: aligned text (each group under its title, its runs, the base model's
+row where the eval stage measured it on the same held-out data, then its pairs' delta lines), CSV (one row per run,
+raw numbers) or JSON (runs, groups, deltas, plot paths, artifact path).
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ from pathlib import Path
 
 from jobs.spec.rundir import public_uri
 from jobs.track.summary import view_url
-from launchers.compare.data import Comparison, Delta, RunSummary
+from launchers.compare.data import EVAL_COLUMNS, Comparison, Delta, Group, RunSummary
 from launchers.text import table
 
 HEADER = ("RUN", "RECIPE", "METHOD", "STEPS", "LAST EVAL LOSS", "BEST EVAL (STEP)", "LAST TRAIN LOSS",
-          "MEDIAN TOKENS/S", "COMPUTE", "PEAK MEM", "HUMANEVAL@1", "FIM EM", "HELDOUT LOSS")
+          "MEDIAN TOKENS/S", "COMPUTE", "PEAK MEM", "HUMANEVAL@1", "FIM EM", "FIM EDIT", "HELDOUT LOSS (VS BASE)")
 LOCAL_SERVER = "http://127.0.0.1:5000"  # `launch mlflow-server` with its defaults
 CSV_FIELDS = ("experiment", "run", "recipe", "method", "model", "model_name", "data", "status", "steps",
               "final_eval_loss", "best_eval_loss", "best_eval_step", "final_train_loss", "median_tokens_per_s",
               "world_size", "gpus_per_node", "nodes", "gpu_type", "restarts", "train_seconds", "gpu_hours",
-              "cpu_rank_hours", "peak_memory_gb", "humaneval_pass_at_1", "fim_exact_match", "heldout_loss",
-              "base_heldout_loss", "group", "parent_run_id", "run_dir")
+              "cpu_rank_hours", "peak_memory_gb", "humaneval_pass_at_1", *EVAL_COLUMNS, "group", "parent_run_id",
+              "run_dir")
 
 
 def render(comparison: Comparison, fmt: str, plots: dict[str, Path] | None = None, logged: str | None = None) -> str:
@@ -58,15 +59,24 @@ def ui_links(comparison: Comparison) -> list[str]:
 
 def to_text(comparison: Comparison) -> str:
     """Aligned columns across all groups; each group under its title, followed by its pairs' delta lines."""
-    grouped = [(g, run) for g in comparison.groups for run in g.runs]
-    lines = table([HEADER, *(text_row(run) for _, run in grouped)])
+    rows_of = {g.slug: [text_row(run) for run in g.runs] + base_row(g) for g in comparison.groups}
+    lines = table([HEADER, *(row for rows in rows_of.values() for row in rows)])
     header, rows = lines[0], iter(lines[1:])
     out: list[str] = []
     for g in comparison.groups:
         out += [*([""] if out else []), g.title, "  " + header]
-        out += ["  " + next(rows) for _ in g.runs]
+        out += ["  " + next(rows) for _ in rows_of[g.slug]]
         out += ["  " + delta_line(delta) for delta in g.deltas]
     return "\n".join(out)
+
+
+def base_row(g: Group) -> list[tuple[str, ...]]:
+    """The base model on the same held-out data, under the group's runs (when the eval stage measured it)."""
+    base = g.base_metrics()
+    if base is None:
+        return []
+    return [("(base)", g.runs[0].model_name, "", "", "", "", "", "", "", "", "", _num(base.get("fim_exact_match")),
+             _num(base.get("fim_edit_similarity")), _num(base.get("heldout_loss")))]
 
 
 def text_row(run: RunSummary) -> tuple[str, ...]:
@@ -79,7 +89,15 @@ def text_row(run: RunSummary) -> tuple[str, ...]:
             _num(run.final("train/loss")), _num(run.median_tokens_per_s),
             f"{_hours(hours)} {run.compute_unit}-h" if hours is not None else "",
             f"{memory:.1f} GB" if memory is not None else "", f"{humaneval:.3g}" if humaneval is not None else "",
-            _num(run.eval_metric("fim_exact_match")), _num(run.eval_metric("heldout_loss")))
+            _num(run.eval_metric("fim_exact_match")), _num(run.eval_metric("fim_edit_similarity")),
+            heldout_cell(run.eval_metric("heldout_loss"), run.eval_metric("base_heldout_loss")))
+
+
+def heldout_cell(loss: float | None, base: float | None) -> str:
+    """The held-out loss and its change from the base's on the same data, e.g. 3.6490 (-25.4%)."""
+    if loss is None or not base:
+        return _num(loss)
+    return f"{_num(loss)} ({loss / base - 1:+.1%})"
 
 
 def delta_line(delta: Delta) -> str:

@@ -104,7 +104,9 @@ def build_store(root: Path) -> dict[str, str]:
                  "train/tokens_per_s": [(100, 1000.0), (200, 1100.0), (300, 1200.0), (350, 5000.0), (400, 1150.0)],
                  "train/peak_memory_gb": [(100, 60.5), (400, 61.25)]},
         evaluation={"eval/humaneval_pass_at_1": 0.35, "eval/humaneval_pass_at_10": 0.52,  # MLflow: no "@"
-                    "eval/fim_exact_match": 0.25, "eval/heldout_loss": 1.05, "eval/base_heldout_loss": 1.4})
+                    "eval/fim_exact_match": 0.25, "eval/heldout_loss": 1.05, "eval/base_heldout_loss": 1.4,
+                    "eval/fim_edit_similarity": 0.5, "eval/base_fim_edit_similarity": 0.375,
+                    "eval/base_fim_exact_match": 0.125})
     qlora = make_launch(
         client, root, "starcoder15b", "sc-qlora",
         parent_tags("starcoder15b/qlora", "qlora", "starcoder15b", DATA, 8, 8, 1, root / "starcoder15b/sc-qlora"),
@@ -155,6 +157,8 @@ def test_final_and_best_metrics_and_gpu_hours(written: dict[str, Any]) -> None:
     assert full["peak_memory_gb"] == 61.25 and qlora["peak_memory_gb"] is None
     assert full["humaneval_pass_at_1"] == 0.35 and qlora["humaneval_pass_at_1"] is None
     assert (full["fim_exact_match"], full["heldout_loss"], full["base_heldout_loss"]) == (0.25, 1.05, 1.4)
+    assert (full["fim_edit_similarity"], full["base_fim_edit_similarity"], full["base_fim_exact_match"]) == (
+        0.5, 0.375, 0.125)
     assert full["eval_metrics"]["eval/humaneval_pass_at_10"] == 0.52
     assert (full["recipe"], full["method"], full["experiment"]) == ("starcoder15b/full-ft", "full", "starcoder15b")
 
@@ -177,10 +181,14 @@ def test_text_table_groups_runs_with_a_delta_line(store: tuple[Path, dict[str, s
     assert lines[0].startswith(f"starcoder15b, data {DATA[:12]}: full vs qlora")
     assert lines[1].split() == ["RUN", "RECIPE", "METHOD", "STEPS", "LAST", "EVAL", "LOSS", "BEST", "EVAL",
                                 "(STEP)", "LAST", "TRAIN", "LOSS", "MEDIAN", "TOKENS/S", "COMPUTE", "PEAK", "MEM",
-                                "HUMANEVAL@1", "FIM", "EM", "HELDOUT", "LOSS"]
+                                "HUMANEVAL@1", "FIM", "EM", "FIM", "EDIT", "HELDOUT", "LOSS", "(VS", "BASE)"]
     full = next(line for line in lines if "starcoder15b/sc-full " in line).split()
     assert full[1:7] == ["starcoder15b/full-ft", "full", "400", "1.1500", "1.1000", "@300"]
-    assert "32.00 GPU-h" in lines[2] and "61.2 GB" in lines[2] and lines[2].split()[-3:] == ["0.35", "0.2500", "1.0500"]
+    assert "32.00 GPU-h" in lines[2] and "61.2 GB" in lines[2]
+    assert lines[2].split()[-5:] == ["0.35", "0.2500", "0.5000", "1.0500", "(-25.0%)"]
+    base = lines[4].split()  # under the group's two runs: the base on the same held-out data
+    assert base == ["(base)", "starcoder15b", "0.1250", "0.3750", "1.4000"]
+    assert lines[4].index("1.4000") == lines[2].index("1.0500"), "the base's figures sit in the runs' columns"
     delta = next(line for line in lines if line.strip().startswith("full vs qlora"))
     assert "eval loss 1.1500 vs 1.2200 (-0.0700)" in delta and "speed 2.30×" in delta and "compute 1.33×" in delta
     assert "other runs" in lines
@@ -416,3 +424,16 @@ def test_the_text_ends_with_where_mlflows_ui_shows_the_summaries(store: tuple[Pa
     last = compare(root, ["sc-full", "sc-qlora"], write=False).splitlines()[-1]
     assert re.fullmatch(r"in MLflow's UI: launch mlflow-server, then open http://127\.0\.0\.1:5000/#/experiments/"
                         r"\d+/runs\?viewStateShareKey=clusterft&workflowType=machine_learning", last), last
+
+
+def test_the_base_row_needs_the_runs_to_agree_on_the_base() -> None:
+    from launchers.compare.data import Group, RunSummary
+
+    def run(name: str, base_loss: float | None) -> RunSummary:
+        metrics = {"eval/heldout_loss": 3.0, **({"eval/base_heldout_loss": base_loss} if base_loss else {})}
+        return RunSummary("e", name, name, "FINISHED", {"clusterft.method": name}, eval_metrics=metrics)
+
+    agreeing = Group("m, data d: full vs lora", "m", [run("full", 4.0), run("lora", 4.0), run("qlora", None)], True)
+    assert agreeing.base_metrics() == {"heldout_loss": 4.0}
+    assert Group("m", "m", [run("full", 4.0), run("lora", 4.5)], True).base_metrics() is None  # other held-out data
+    assert Group("other runs", "o", [run("full", 4.0)], False).base_metrics() is None

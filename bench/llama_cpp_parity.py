@@ -6,10 +6,11 @@
 For each type it writes the GGUF of recipes/assets/tiny-coder-base and prints jobs/export/llama_cpp_parity.py's
 figures over the prompts (two per file: left to right, and fill-in-the-middle): prompts tokenized to the same ids,
 greedy completions identical, greedy tokens before the first difference, teacher-forced top-1 agreement, the
-largest logit difference and the mean KL (nats). Then the speed of greedy completion, one thread each, in the same
-process: llama.cpp (q8_0) against transformers (float32, KV cache on), in --pairs alternating pairs with the order
-switched, counting the tokens each wrote (both stop at the end-of-text token); it prints tokens/s for each as median
-(min–max) and the per-pair ratio.
+largest logit difference, the mean KL (nats) and the largest divergence margin (where a greedy completion first
+differs, how much transformers preferred its own token, in logits). Then the speed of greedy completion, one thread
+each, in the same process: llama.cpp (q8_0) against transformers (float32, KV cache on), in --pairs alternating
+pairs with the order switched, counting the tokens each wrote (both stop at the end-of-text token); it prints
+tokens/s for each as median (min–max) and the per-pair ratio.
 """
 
 from __future__ import annotations
@@ -46,15 +47,16 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     prompts = code_prompts(args.source, tokenizer, args.files)
     print(f"{BASE.name}, {len(prompts)} prompts from {args.source}, {args.new_tokens} new tokens, load {load():.1f}\n")
-    print("| type | prompts | same ids | identical | tokens agreed | top-1 | max Δlogit | mean KL |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| type | prompts | same ids | identical | tokens agreed | top-1 | max Δlogit | mean KL | "
+          "divergence margin |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         paths = {quant: write_gguf(BASE, Path(scratch) / f"base-{quant}.gguf", quant) for quant in ("f16", "q8_0",
                                                                                                     "q4_0")}
         for quant, path in paths.items():
             r = measure(BASE, path, prompts, args.new_tokens)
             print(f"| {quant} | {r.prompts} | {r.same_ids} | {r.exact} | {r.agreed_tokens}/{r.new_tokens} | "
-                  f"{r.top1:.4f} | {r.max_logit_diff:.4f} | {r.mean_kl:.2e} |")
+                  f"{r.top1:.4f} | {r.max_logit_diff:.4f} | {r.mean_kl:.2e} | {r.divergence_margin:.4f} |")
 
         model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32).eval()
         context = model.config.max_position_embeddings

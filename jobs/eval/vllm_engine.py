@@ -35,15 +35,12 @@ from typing import Any
 
 from jobs.common.run_models import RunModel
 from jobs.eval.generation import GenerationRequest, GenerationSettings
-from jobs.spec.context import RankContext
+from jobs.spec.context import DISTRIBUTED_VARIABLES, RankContext
 from jobs.spec.schema import Recipe
 
 # LoRA ranks vLLM compiles its kernels for: the adapter's rank is rounded up to the next one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The job's torch.distributed world, which the child must not see (vLLM would join it instead of starting its own).
-DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
-                         "MASTER_ADDR", "MASTER_PORT")
 
 
 class VllmEngine:
@@ -135,6 +132,7 @@ def child_environment(environ: Mapping[str, str], local_rank: int) -> dict[str, 
         device = visible[0]
     else:
         raise RuntimeError(f"local rank {local_rank} has no GPU of its own: CUDA_VISIBLE_DEVICES is {given}")
+    # the job's torch.distributed world, which the child must not see (vLLM would join it, not start its own)
     child = {key: value for key, value in environ.items()
              if key not in DISTRIBUTED_VARIABLES and not key.startswith("TORCHELASTIC_")}
     path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), environ.get("PYTHONPATH")]))

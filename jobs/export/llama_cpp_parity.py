@@ -6,9 +6,10 @@
 
 Each prompt is tokenized by both (the ids must agree), completed greedily by both from the same ids, and then both
 score the transformers completion teacher-forced: the share of positions where their next-token argmax agrees, the
-largest logit difference and the mean KL divergence (transformers → llama.cpp, nats). F16 should reproduce the
-completions exactly; quantized types are judged by those three figures. Used by tests/integration/test_llama_cpp.py
-and bench/llama_cpp_parity.py; both run on CPU with one thread.
+largest logit difference and the mean KL divergence (transformers → llama.cpp, nats), and, where a completion
+first differs, by how much transformers preferred its token (the divergence margin). F16 reproduces the completions
+except at near-ties (a margin below the logit differences); quantized types are judged by those figures. Used by
+tests/integration/test_llama_cpp.py and bench/llama_cpp_parity.py; both run on CPU with one thread.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Parity:
     top1: float  # teacher-forced: share of positions where the next-token argmax agrees
     max_logit_diff: float
     mean_kl: float
+    # where a greedy completion first differs: how much transformers preferred its own token over llama.cpp's
+    # (logits), the largest over the prompts; a near-tie (below the logit differences) is rounding, not a bug
+    divergence_margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def measure(model_dir: Path, gguf_path: Path, prompts: list[Prompt], new_tokens:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     context = model.config.max_position_embeddings
     tally = {"prompts": 0, "same_ids": 0, "exact": 0, "agreed_tokens": 0, "new_tokens": 0}
-    agreements, kls, diffs = [], [], [0.0]
+    agreements, kls, diffs, margins = [], [], [0.0], [0.0]
     with LlamaCpp(gguf_path, context=context) as llama, torch.no_grad():
         for prompt in prompts:
             ids = tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
@@ -74,17 +78,20 @@ def measure(model_dir: Path, gguf_path: Path, prompts: list[Prompt], new_tokens:
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             ours = [t for t in ours[0, len(ids):].tolist() if t != tokenizer.eos_token_id]
             tally["exact"] += theirs == ours
-            tally["agreed_tokens"] += next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
-                                           min(len(ours), len(theirs)))
+            agreed = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            tally["agreed_tokens"] += agreed
             tally["new_tokens"] += len(ours)
             reference = model(torch.tensor([ids + ours])).logits[0].numpy()
+            if agreed < min(len(ours), len(theirs)):
+                row = reference[len(ids) + agreed - 1]
+                margins.append(float(row[ours[agreed]] - row[theirs[agreed]]))
             candidate = llama.logits(ids + ours)
             agreements.append(reference.argmax(-1) == candidate.argmax(-1))
             kls.append(_kl(reference, candidate))
             diffs.append(float(np.abs(reference - candidate).max()))
     positions = np.concatenate(agreements) if agreements else np.zeros(0)
     return Parity(**tally, top1=float(positions.mean()) if positions.size else 0.0, max_logit_diff=max(diffs),
-                  mean_kl=float(np.concatenate(kls).mean()) if kls else 0.0)
+                  mean_kl=float(np.concatenate(kls).mean()) if kls else 0.0, divergence_margin=max(margins))
 
 
 def _kl(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from jobs.common.device import claim_gpu
 from jobs.common.model import base_model_path, load_model, peft_config
 from jobs.common.tokenizer import load_tokenizer
 from jobs.prepare.stage import ensure_prepared, load_prepared
-from jobs.spec.context import RankContext
+from jobs.spec.context import DISTRIBUTED_VARIABLES, RankContext
 from jobs.spec.plan import Plan
 from jobs.spec.rundir import COMPLETE_MARKER, RunDir, write_atomic
 from jobs.spec.schema import Recipe
@@ -101,7 +101,8 @@ def sft_config(recipe: Recipe, plan: Plan, run: RunDir) -> SFTConfig:
     }
     if not torch.cuda.is_available():
         kwargs["use_cpu"] = True
-        kwargs["ddp_backend"] = "gloo"
+        if plan.world_size > 1:  # one rank is one process (train() leaves it no torch.distributed world)
+            kwargs["ddp_backend"] = "gloo"
     if recipe.distributed.backend == "deepspeed-zero3" and plan.deepspeed is not None:
         kwargs["deepspeed"] = plan.deepspeed
     if recipe.distributed.backend == "fsdp":
@@ -184,6 +185,11 @@ def train(recipe: Recipe, plan: Plan, context: RankContext) -> str:
         raise RuntimeError(f"world size {context.world_size} but the plan asked for {plan.world_size}: "
                            "the launcher started the wrong number of ranks")
     claim_gpu(context)
+    if plan.world_size == 1 and recipe.distributed.backend == "ddp":
+        # accelerate wraps the model in DDP whenever LOCAL_RANK is set, even in a world of one (an all-reduce of
+        # every gradient with itself): train as the one process it is
+        for name in DISTRIBUTED_VARIABLES:
+            os.environ.pop(name, None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_seed(recipe.training.seed)
     with Tracker(context, "train", recipe, plan) as tracker:  # ends the MLflow run FINISHED, FAILED or KILLED

@@ -1,6 +1,7 @@
 """The shipped base's GGUF export, run in llama.cpp itself (its CPU build, installed by `make setup`), against the
-transformers model: the same token ids on the bundled codebase, the same greedy completions in f16, and close ones in
-q8_0 (teacher-forced top-1 agreement ≥ 0.98, mean KL < 1e-3 nats, and ≥ 80% of greedy tokens before a difference).
+transformers model: the same token ids on the bundled codebase, the same greedy completions in f16 (but at near-ties,
+where transformers' top two logits are closer than the two engines' logits differ), and close ones in q8_0
+(teacher-forced top-1 agreement ≥ 0.98, mean KL < 1e-3 nats, and ≥ 80% of greedy tokens before a difference).
 
     .venv/bin/python -m pytest tests/integration/test_llama_cpp.py -q
 """
@@ -48,8 +49,10 @@ def test_llama_cpp_tokenizes_code_as_the_tokenizer_does(tmp_path: Path) -> None:
 def test_f16_completes_exactly_as_transformers(tmp_path: Path, prompts: list) -> None:
     report = measure(BASE, write_gguf(BASE, tmp_path / "base-f16.gguf", "f16"), prompts, NEW_TOKENS)
     assert report.prompts >= 10 and report.same_ids == report.prompts
-    assert report.exact == report.prompts and report.new_tokens >= 10 * NEW_TOKENS // 2, report
     assert report.max_logit_diff < 0.02 and report.top1 > 0.995, report
+    # identical, but where transformers' own top two tokens were a near-tie (closer than the engines' logits differ)
+    assert report.exact >= report.prompts - 2 and report.divergence_margin <= 2 * report.max_logit_diff, report
+    assert report.new_tokens >= 10 * NEW_TOKENS // 2, report
 
 
 def test_q8_0_stays_close(tmp_path: Path, prompts: list) -> None:

@@ -52,6 +52,7 @@ def test_local_run_trains_logs_and_reloads(tmp_path: Path, method: str, model: s
     final = run / "final"
     assert (final / ".complete").exists()
     assert "step 30/30" in result.stdout
+    assert "1 rank(s), NO," in result.stdout, "one rank trains as one process, not DDP over a world of one"
 
     ids = json.loads((run / "mlflow.json").read_text())
     history = loss_history(tmp_path / "runs", ids["train"])

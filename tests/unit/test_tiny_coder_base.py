@@ -29,7 +29,7 @@ BASE = RECIPES_ROOT / "assets" / "tiny-coder-base"
 TOKENIZER = RECIPES_ROOT / "assets" / "tokenizer"
 TINYPROJ = RECIPES_ROOT / "assets" / "data" / "code_dir" / "tinyproj"
 BUILDER = RECIPES_ROOT.parent / "tools" / "pretrain_base.py"
-WEIGHTS_SHA256 = "72f46c3af924456325bbfbd0a95bdec8246951a9c8fdb072e2cc9166799a1db6"
+WEIGHTS_SHA256 = "7189c05bae4fa9efe14facb46378855e429866a28b45f63fe2da8dd86578b120"
 MAX_BYTES = 25 * 2**20
 TINYPROJ_MAX_LOSS = 5.5  # uniform guessing: 7.62; what fine-tuning on it then lowers
 

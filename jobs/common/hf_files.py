@@ -56,6 +56,15 @@ _BNB_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
 _BNB_PARTS = (".quant_state.", ".weight.quant_state")
 
 
+# Config keys that hold a model's maximum sequence length (prompt and completion), by architecture family.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+
+
+def context_length(config: dict[str, Any]) -> int | None:
+    """The longest sequence a model takes, from its config.json; None when the config does not say."""
+    return next((int(config[key]) for key in CONTEXT_KEYS if key in config), None)
+
+
 def torch_dtypes() -> dict[str, torch.dtype]:
     """safetensors dtype names → torch dtypes, for the modules that move tensor data (imports torch)."""
     import torch

@@ -3,12 +3,14 @@
     from jobs.eval.fim_eval import fim_examples, fim_prompt, score_fim, code_documents
     examples = fim_examples(code_documents(source), n=64, seed=0)   # FimExample(name, kind, prefix, middle, suffix)
     prompts = [fim_prompt(e, tokenizer) for e in examples]           # PSM with the tokenizer's own sentinels
+    fit_prompt(example, tokenizer, budget=448)       # lines nearest the span, when the file is longer than the context
     metrics, rows = score_fim(examples, completions)            # {"fim_exact_match": .., "fim_edit_similarity": ..}
 
 The masked span is one to three whole lines strictly inside the file (a non-empty prefix and suffix), drawn with a
 seeded generator, so two evaluations of the same data ask the same questions; a few documents give several spans
 each. Exact match compares the stripped middle; edit similarity is difflib's ratio between the lines written and
-the lines masked (1.0 is identical), the line-level similarity code-completion benchmarks report. Both are also given per file type (the file extension).
+the lines masked (1.0 is identical), the line-level similarity code-completion benchmarks report. Both are also
+given per file type (the file extension).
 Documents: the lines of held-out code files, or, by default, HumanEval's prompts with their canonical solutions —
 whole Python programs that no recipe trains on.
 """
@@ -19,7 +21,7 @@ import difflib
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,29 @@ def fim_examples(documents: Sequence[tuple[str, str]], n: int, seed: int = 0) ->
 
 def fim_prompt(example: FimExample, tokenizer: Any) -> str:
     return psm_prompt(example.prefix, example.suffix, tokenizer)
+
+
+def fit_prompt(example: FimExample, tokenizer: Any, budget: int) -> FimExample:
+    """The example with whole lines dropped from the far ends of its context (the first lines of the prefix, the last
+    of the suffix; the longer side first) until its prompt is at most `budget` tokens: a held-out file longer than
+    the model's context keeps the lines nearest the masked span."""
+    prefix = example.prefix.splitlines(keepends=True)
+    suffix = example.suffix.splitlines(keepends=True)
+
+    def size() -> int:
+        prompt = psm_prompt("".join(prefix), "".join(suffix), tokenizer)
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    tokens = size()
+    while tokens > budget and (prefix or suffix):
+        lines = max(1, len(prefix) + len(suffix)) * (tokens - budget) // tokens  # a first cut in proportion
+        for _ in range(max(1, lines)):
+            if prefix and (len(prefix) >= len(suffix)):
+                prefix.pop(0)
+            elif suffix:
+                suffix.pop()
+        tokens = size()
+    return replace(example, prefix="".join(prefix), suffix="".join(suffix))
 
 
 def psm_prompt(prefix: str, suffix: str, tokenizer: Any) -> str:

@@ -79,7 +79,9 @@ def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Pat
     out = run.evals / f"{spec.model}-{timestamp()}"
     tokenizer = load_tokenizer(recipe)
     problems = load_problems()[:spec.humaneval_problems] if spec.humaneval_problems != 0 else []
+    chosen = choose_run_model(run, recipe, spec.model)
     examples = fim_examples_for(tokenizer, recipe, context) if spec.fim_samples else []
+    examples = fitted(examples, tokenizer, chosen.path, spec.fim_max_new_tokens)
     requests = []
     if problems:
         requests.append(GenerationRequest([p.prompt for p in problems], GenerationSettings(
@@ -88,7 +90,6 @@ def evaluate_run(run: RunDir, recipe: Recipe, context: RankContext) -> tuple[Pat
     if examples:
         requests.append(GenerationRequest([fim_prompt(e, tokenizer) for e in examples], GenerationSettings(
             max_new_tokens=spec.fim_max_new_tokens, batch_size=spec.batch_size, seed=recipe.training.seed)))
-    chosen = choose_run_model(run, recipe, spec.model)
     engine, model = choose_engine(engine_wanted, chosen, recipe, tokenizer, context)
     described = chosen.described
     if context.is_main:
@@ -230,6 +231,18 @@ def fim_examples_for(tokenizer: Any, recipe: Recipe, context: RankContext) -> li
     else:
         documents = code_documents(spec.fim_source)
     return fim_examples(documents, spec.fim_samples, recipe.training.seed)
+
+
+def fitted(examples: list[Any], tokenizer: Any, model_dir: Path, new_tokens: int) -> list[Any]:
+    """The examples with prompts that leave room for `new_tokens` in the model's context (config.json)."""
+    from jobs.common.hf_files import context_length
+    from jobs.eval.fim_eval import fit_prompt
+
+    config = model_dir / "config.json"
+    limit = context_length(json.loads(config.read_text(encoding="utf-8"))) if config.is_file() else None
+    if limit is None:
+        return examples
+    return [fit_prompt(example, tokenizer, limit - new_tokens) for example in examples]
 
 
 def score_fim_examples(examples: Sequence[Any], completions: Sequence[Sequence[str]], out: Path,

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from jobs.common.hf_files import context_length
 from jobs.prepare.code_files import code_files, held_out_files
 from jobs.spec.errors import UserError
 from jobs.spec.schema import DataSpec
@@ -19,8 +20,6 @@ from launchers.recipe.data_rows import check_rows
 from launchers.recipe.load import Resolved, display_path
 from launchers.recipe.user_files import parse_json, read_text
 
-# Config keys that hold a model's maximum sequence length, by architecture family.
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -37,10 +36,6 @@ def model_config(resolved: Resolved) -> dict[str, Any] | None:
     if not isinstance(config, dict) or "model_type" not in config:
         raise UserError(f"{display_path(path)}: not a transformers config (no model_type)")
     return config
-
-
-def context_length(config: dict[str, Any]) -> int | None:
-    return next((int(config[key]) for key in CONTEXT_KEYS if key in config), None)
 
 
 def check_files(resolved: Resolved) -> None:

@@ -94,6 +94,20 @@ def test_few_documents_give_several_distinct_spans_each() -> None:
     assert [(e.prefix, e.middle, e.suffix) for e in tiny] == [("a\n", "b\n", "c\n")]
 
 
+def test_a_long_files_prompt_keeps_the_lines_nearest_the_span(tokenizer: object) -> None:
+    from jobs.eval.fim_eval import fit_prompt
+
+    prefix = "".join(f"prefix_line_{i} = {i}\n" for i in range(200))
+    suffix = "".join(f"suffix_line_{i} = {i}\n" for i in range(50))
+    example = FimExample("long.py", "py", prefix, "middle = 0\n", suffix)
+    fitted = fit_prompt(example, tokenizer, budget=120)
+    ids = tokenizer(fim_prompt(fitted, tokenizer), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    assert 100 <= len(ids) <= 120
+    assert prefix.endswith(fitted.prefix) and suffix.startswith(fitted.suffix) and fitted.middle == example.middle
+    assert fitted.prefix.endswith("prefix_line_199 = 199\n") and fitted.suffix.startswith("suffix_line_0 = 0\n")
+    assert fit_prompt(example, tokenizer, budget=10_000) == example
+
+
 def test_fim_prompt_is_psm_with_the_tokenizers_sentinels(tokenizer: object) -> None:
     prompt = fim_prompt(FimExample("a.py", "py", "def f():\n", "    return 1\n", "print(f())\n"), tokenizer)
     assert prompt == "<fim_prefix>def f():\n<fim_suffix>print(f())\n<fim_middle>"

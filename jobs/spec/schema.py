@@ -20,6 +20,7 @@ from jobs.spec.section import NonNegativeInt, PositiveInt, RuleError, Section
 
 Dtype = Literal["bfloat16", "float16", "float32"]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")  # the optimizers it implements
 
 # The columns each data format reads, by canonical name; `data.fields` may rename them.
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -331,6 +332,11 @@ class Recipe(Section):
         import yaml
 
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    @property
+    def uses_bitsandbytes(self) -> bool:
+        """A 4-bit base (QLoRA) or an 8-bit/paged optimizer: the only recipes whose stages need bitsandbytes."""
+        return self.method.quantization is not None or self.training.optimizer in BITSANDBYTES_OPTIMIZERS
 
     @property
     def model_name(self) -> str:

@@ -4,7 +4,8 @@ It turns submitit's environment into torch.distributed variables (RANK, WORLD_SI
 derived from the job id; every GPU of the node left visible, rank r on cuda:LOCAL_RANK) and a
 `jobs.spec.context.RankContext`, records the attempt in <run>/attempts.jsonl (rank 0), takes every stage but
 prepare offline (HF_HUB_OFFLINE=1: the prepare stage fetched the weights), then calls the job. The job module is
-imported here, on the node, so the launcher never imports torch.
+imported here, on the node, so the launcher never imports torch; a stage whose recipe has no use for bitsandbytes
+(no 4-bit base, no 8-bit optimizer) leaves it out, which spares its cold start the torch._inductor import it drags.
 
 Preemption and time limits: a Stage is submitit-checkpointable. On SLURM's warning signal rank 0 requeues the same
 stage, which resumes from the newest complete checkpoint in the run directory (the train stage does not save on
@@ -111,6 +112,8 @@ class Stage:
         if not BY_NAME[self.name].online:
             work_offline()  # the prepare stage fetched what the run needs into the shared cache
         importing = time.monotonic()
+        if not self.recipe.uses_bitsandbytes:
+            leave_out("bitsandbytes")
         job = job_of(self.name)
         working = time.monotonic()
         result = job(self.recipe, self.plan, context)
@@ -129,6 +132,15 @@ class Stage:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self) if self.requeue else None
+
+
+def leave_out(module: str) -> None:
+    """Make an installed `module` look absent to this process, unless something imported it already: for a stage
+    that never uses it but whose libraries import it when they find it (PEFT and transformers import bitsandbytes,
+    which imports torch._inductor: ~0.9 s of a cold start here). find_spec answers None, as for a module that is not
+    installed, and an import raises ImportError, which those libraries handle as "not installed"."""
+    if module not in sys.modules:
+        sys.modules[module] = None  # type: ignore[assignment]
 
 
 def process_started() -> float:

@@ -1,5 +1,5 @@
 """What a stage's rank sees of torch.distributed and of the node's GPUs, from submitit's environment (here the
-local executor's variables, as its rank 1 of 2 gets them).
+local executor's variables, as its rank 1 of 2 gets them), and which installed modules it leaves out.
 
     .venv/bin/python -m pytest tests/unit/test_stage_environment.py -q
 """
@@ -7,10 +7,16 @@ local executor's variables, as its rank 1 of 2 gets them).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from launchers.recipe.load import resolve
 from launchers.submit.stage import export_torch_distributed
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EXPORTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -45,3 +51,26 @@ def test_slurm_values_win_over_what_a_container_hook_exported(monkeypatch: pytes
     assert exported["RANK"] == "9" and exported["WORLD_SIZE"] == "16" and exported["LOCAL_RANK"] == "1"
     assert exported["LOCAL_WORLD_SIZE"] == "8" and exported["MASTER_ADDR"] == "gpu07"
     assert 20000 <= env.master_port <= 60000 and exported["MASTER_PORT"] == str(env.master_port) != "29500"
+
+
+@pytest.mark.parametrize(("method", "overrides", "uses"), [
+    ("qlora", [], True),
+    ("lora", [], False),
+    ("full-ft", [], False),
+    ("lora", ["training.optimizer=paged_adamw_8bit"], True),
+    ("full-ft", ["training.optimizer=adamw_8bit"], True),
+])
+def test_only_4_bit_bases_and_8_bit_optimizers_use_bitsandbytes(method: str, overrides: list[str], uses: bool) -> None:
+    assert resolve(method, "tiny-starcoder", overrides).recipe.uses_bitsandbytes is uses
+
+
+def test_a_module_left_out_looks_not_installed_unless_already_imported() -> None:
+    """What PEFT and transformers ask before importing bitsandbytes (find_spec), and what their guarded imports
+    catch (ImportError), in a fresh interpreter; a module some earlier code imported stays as it was."""
+    probe = ("import importlib.util, json, sys\n"
+             "from launchers.submit.stage import leave_out\n"
+             "leave_out('json'); leave_out('wave')\n"
+             "try:\n    import wave\n    outcome = 'imported'\nexcept ImportError:\n    outcome = 'ImportError'\n"
+             "print(importlib.util.find_spec('wave'), outcome, sys.modules['json'] is json)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["None", "ImportError", "True"]

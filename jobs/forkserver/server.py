@@ -1,11 +1,12 @@
 """The fork server: a local single-rank chain's stages start warm instead of re-importing the stack four times.
 
-    python -m jobs.forkserver.server SOCKET MODULE [MODULE...]
+    python -m jobs.forkserver.server SOCKET [--leave-out=NAME...] MODULE [MODULE...]
 
 Started by the launcher (launchers/submit/forked_task.py) for a local chain whose every stage has one rank. It binds
-SOCKET (in a 0700 directory; only its own user may connect), imports the MODULEs (the stages' job modules: torch,
-transformers, TRL, PEFT, datasets) in order, and forks one process per request (the protocol: jobs/spec/forkserver.py)
-as soon as it comes, between two imports too: the first stage runs while the later stages' modules import. The
+SOCKET (in a 0700 directory; only its own user may connect), leaves out the NAMEs (modules the chain's recipe never
+uses: jobs/spec/imports.py), imports the MODULEs (the stages' job modules: torch, transformers, TRL, PEFT, datasets)
+in order, and forks one process per request (the protocol: jobs/spec/forkserver.py) as soon as it comes, between two
+imports too: the first stage runs while the later stages' modules import. The
 forked rank becomes what `python -u -m MODULE ARGS` would have been: the request's environment, working directory and
 log files, unbuffered output, default signal handling; it then runs MODULE as __main__ and exits as that process
 would. Its exit status goes back to the controller that asked for it.
@@ -31,12 +32,17 @@ import threading
 from typing import Any
 
 from jobs.spec.forkserver import Lines, send
+from jobs.spec.imports import leave_out
 
+LEAVE_OUT = "--leave-out="
 ACCEPT_WAIT_S = 0.2  # how often finished ranks are reaped while nothing else happens
 
 
 def main(argv: list[str]) -> int:
-    path, modules = argv[0], argv[1:]
+    path, modules = argv[0], [word for word in argv[1:] if not word.startswith(LEAVE_OUT)]
+    for word in argv[1:]:
+        if word.startswith(LEAVE_OUT):
+            leave_out(word[len(LEAVE_OUT):])
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # at once: controllers connect while the stack imports, and wait for their answer
     listener.listen(16)

@@ -49,12 +49,14 @@ class ForkServer:
 
     @classmethod
     @contextlib.contextmanager
-    def started(cls, modules: Sequence[str], log: Path) -> Iterator[ForkServer]:
-        """A server importing `modules` (its own output to `log`), stopped and cleaned up on exit."""
+    def started(cls, modules: Sequence[str], log: Path, leave_out: Sequence[str] = ()) -> Iterator[ForkServer]:
+        """A server importing `modules` (its own output to `log`) with the `leave_out` modules looking absent,
+        stopped and cleaned up on exit."""
         directory = tempfile.mkdtemp(prefix="clusterft-fork-")  # 0700: no other user reaches the socket
         with log.open("ab") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "jobs.forkserver.server", os.path.join(directory, "socket"), *modules],
+                [sys.executable, "-m", "jobs.forkserver.server", os.path.join(directory, "socket"),
+                 *(f"--leave-out={module}" for module in leave_out), *modules],
                 stdin=subprocess.PIPE, stdout=output, stderr=output, start_new_session=True)
         server = cls(process, directory)
         try:

@@ -21,11 +21,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from jobs.spec.imports import unused_modules
 from jobs.spec.rundir import RunDir
 from launchers.submit.chain import stage_ranks
 from launchers.submit.forked_task import ForkServer
@@ -67,7 +68,7 @@ def run_local_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
     asked to."""
     run, recipe = request.run, request.recipe
     ranks = {stage: math.prod(stage_ranks(recipe, request.plan, stage)) for stage in tasks}  # one node: --local
-    with StopRequests() as stop, warm_starts(run, ranks) as fork_server:
+    with StopRequests() as stop, warm_starts(run, ranks, unused_modules(recipe)) as fork_server:
         record["launcher"] = ProcessId.current().as_record()
         run.write_json(run.launch_file, record)
         print(f"[launch] {recipe.name}: {', '.join(request.stages)} on {request.plan.world_size} local rank(s), "
@@ -89,15 +90,16 @@ def run_local_chain(request: StartRequest, tasks: dict[str, Stage], record: dict
 
 
 @contextlib.contextmanager
-def warm_starts(run: RunDir, ranks: dict[str, int]) -> Iterator[str | None]:
+def warm_starts(run: RunDir, ranks: dict[str, int], leave_out: Sequence[str]) -> Iterator[str | None]:
     """A fork server's socket when every stage has one rank (each stage then starts warm: the stack is imported
-    once, launchers/submit/forked_task.py), else None (a process per rank, each importing what it needs)."""
+    once, launchers/submit/forked_task.py; without the `leave_out` modules), else None (a process per rank, each
+    importing what it needs)."""
     if any(count != 1 for count in ranks.values()) or os.environ.get(COLD_ENV) == "1":
         yield None
         return
     run.submitit.mkdir(parents=True, exist_ok=True)
     modules = ["submitit.core._submit", "launchers.submit.stage", *(JOB_MODULES[stage] for stage in ranks)]
-    with ForkServer.started(modules, run.submitit / "forkserver.log") as server:
+    with ForkServer.started(modules, run.submitit / "forkserver.log", leave_out) as server:
         yield server.socket_path
 
 

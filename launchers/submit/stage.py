@@ -27,6 +27,7 @@ from typing import Any
 
 from jobs.common.hub import work_offline
 from jobs.spec.context import RankContext
+from jobs.spec.imports import leave_out, unused_modules
 from jobs.spec.plan import Plan
 from jobs.spec.rundir import RunDir
 from jobs.spec.schema import Recipe
@@ -112,8 +113,8 @@ class Stage:
         if not BY_NAME[self.name].online:
             work_offline()  # the prepare stage fetched what the run needs into the shared cache
         importing = time.monotonic()
-        if not self.recipe.uses_bitsandbytes:
-            leave_out("bitsandbytes")
+        for module in unused_modules(self.recipe):
+            leave_out(module)
         job = job_of(self.name)
         working = time.monotonic()
         result = job(self.recipe, self.plan, context)
@@ -132,15 +133,6 @@ class Stage:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self) if self.requeue else None
-
-
-def leave_out(module: str) -> None:
-    """Make an installed `module` look absent to this process, unless something imported it already: for a stage
-    that never uses it but whose libraries import it when they find it (PEFT and transformers import bitsandbytes,
-    which imports torch._inductor: ~0.9 s of a cold start here). find_spec answers None, as for a module that is not
-    installed, and an import raises ImportError, which those libraries handle as "not installed"."""
-    if module not in sys.modules:
-        sys.modules[module] = None  # type: ignore[assignment]
 
 
 def process_started() -> float:

@@ -62,10 +62,18 @@ def test_a_forked_rank_is_the_process_it_replaces(server: ForkServer, tmp_path: 
     seen = json.loads((tmp_path / "probe.json").read_text())
     assert seen["cwd"] == str(tmp_path) != os.getcwd() and seen["argv"][1:] == [str(tmp_path / "probe.json"), "3", "2"]
     assert seen["env"] == {"PROBE_ONLY": "1"}  # the request's environment only, none of the server's
-    assert seen["stdin"] == ""
+    assert seen["stdin"] == "" and seen["wave_found"]
     assert (tmp_path / "err.log").read_text() == "probe stderr\n"
     assert log.read_text().splitlines()[-2:] == ["thread done", "atexit ran"]  # joined, then exit handlers
     assert task.process.pid != os.getpid() and not task.process.alive()
+
+
+def test_a_module_left_out_stays_out_of_the_server_and_its_ranks(tmp_path: Path) -> None:
+    """The launcher leaves out what the chain's recipe never uses (bitsandbytes for a LoRA): not even the server
+    imports it, so its ranks find it absent too."""
+    with ForkServer.started(["json"], tmp_path / "forkserver.log", leave_out=["wave"]) as server:
+        assert ended(start(server, tmp_path, "0")) == 0
+    assert json.loads((tmp_path / "probe.json").read_text())["wave_found"] is False
 
 
 def test_signals_reach_the_forked_rank(server: ForkServer, tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_a_module_left_out_looks_not_installed_unless_already_imported() -> None
     """What PEFT and transformers ask before importing bitsandbytes (find_spec), and what their guarded imports
     catch (ImportError), in a fresh interpreter; a module some earlier code imported stays as it was."""
     probe = ("import importlib.util, json, sys\n"
-             "from launchers.submit.stage import leave_out\n"
+             "from jobs.spec.imports import leave_out\n"
              "leave_out('json'); leave_out('wave')\n"
              "try:\n    import wave\n    outcome = 'imported'\nexcept ImportError:\n    outcome = 'ImportError'\n"
              "print(importlib.util.find_spec('wave'), outcome, sys.modules['json'] is json)\n")

@@ -12,8 +12,8 @@ the script checks both report the same final train loss.
 
 Printed: per side the median (min–max) of the wall time, of the launcher's time before its first stage started,
 and of each stage's "done in T s: a s start-up, b s imports, c s work" line; then the cold/warm ratio of the wall
-time with its spread over the pairs. Separately: `import jobs.train.stage` in a fresh interpreter (what a SLURM
-stage pays), with and without bitsandbytes left out, the median of 3 each.
+time with its spread over the pairs. What a stage pays to import on SLURM, where it always starts cold:
+bench/stage_imports.py.
 """
 
 from __future__ import annotations
@@ -66,17 +66,6 @@ def chain(workdir: Path, method: str, name: str, cold: bool) -> dict[str, float]
     return figures
 
 
-def import_seconds(leave_out: bool) -> float:
-    """A fresh interpreter importing the train stage, with bitsandbytes left out (as a SLURM rank of a LoRA recipe
-    does: jobs/spec/imports.py) or not."""
-    code = "import jobs.train.stage"
-    if leave_out:
-        code = "from jobs.spec.imports import leave_out; leave_out('bitsandbytes'); " + code
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-c", code], env=environment(True), check=True, capture_output=True)
-    return time.monotonic() - started
-
-
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):6.1f} ({min(values):.1f}–{max(values):.1f})"
 
@@ -106,9 +95,6 @@ def main() -> None:
         print(f"{key:<22}{cold:>32}{warm:>26}")
     ratios = [cold["wall"] / warm["wall"] for cold, warm in zip(sides[True], sides[False], strict=True)]
     print(f"wall, cold / warm: {spread(ratios).strip()}×")
-    for leave_out, what in ((True, "bitsandbytes left out, as a LoRA rank on SLURM"), (False, "everything")):
-        imports = [import_seconds(leave_out) for _ in range(3)]
-        print(f"import jobs.train.stage in a fresh interpreter ({what}): {spread(imports).strip()} s")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from pathlib import Path
 
 from pairs import alternate, load, pinned_env, spread
 
+from launchers.submit.stage import JOB_MODULES
+
 ROOT = Path(__file__).resolve().parents[1]
-JOB_MODULES = {"prepare": "jobs.prepare.stage", "train": "jobs.train.stage", "export": "jobs.export.stage",
-               "eval": "jobs.eval.stage",
-               "floor": "transformers.modeling_utils"}  # what any stage that builds a transformers model imports
-PROBE = ("import sys, resource, json\n"
+# the stages' job modules, and the floor: what any stage that builds a transformers model imports
+MODULES = {**JOB_MODULES, "floor": "transformers.modeling_utils"}
+PROBE = ("import sys, json\n"
          "import launchers.submit.stage\n"
          "from jobs.spec.imports import leave_out\n"
          "if {leave!r}: leave_out('bitsandbytes')\n"
@@ -58,14 +59,14 @@ def measure(module: str, leave: bool) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", default="train,floor", help="comma-separated, of " + ", ".join(JOB_MODULES)
+    parser.add_argument("--stages", default="train,floor", help="comma-separated, of " + ", ".join(MODULES)
                         + " (floor: transformers.modeling_utils alone, below every stage that builds a model)")
     parser.add_argument("--pairs", type=int, default=7)
     args = parser.parse_args()
     stages = [name.strip() for name in args.stages.split(",") if name.strip()]
-    unknown = [name for name in stages if name not in JOB_MODULES]
+    unknown = [name for name in stages if name not in MODULES]
     if unknown or not stages or args.pairs < 1:
-        print(f"stage_imports: --stages {args.stages!r} (allowed: {', '.join(JOB_MODULES)}) and --pairs >= 1",
+        print(f"stage_imports: --stages {args.stages!r} (allowed: {', '.join(MODULES)}) and --pairs >= 1",
               file=sys.stderr)
         sys.exit(2)
     print(f"fresh-interpreter imports, 1 thread, {args.pairs} alternating pairs per stage; load {load():.2f}")
@@ -73,9 +74,9 @@ def main() -> None:
           "left out / everything")
     for stage in stages:
         runs: dict[str, list[dict[str, float]]] = {"left out": [], "everything": []}
-        measure(JOB_MODULES[stage], True)  # warm-up: the page cache holds the libraries for both sides
+        measure(MODULES[stage], True)  # warm-up: the page cache holds the libraries for both sides
         for _, side in alternate(args.pairs, "left out", "everything"):
-            runs[side].append(measure(JOB_MODULES[stage], side == "left out"))
+            runs[side].append(measure(MODULES[stage], side == "left out"))
         ratio = [a["seconds"] / b["seconds"] for a, b in zip(runs["left out"], runs["everything"], strict=True)]
         for side, results in runs.items():
             print(f"{stage:8} {side:13} {spread([r['seconds'] for r in results]):18} "

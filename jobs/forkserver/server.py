@@ -39,10 +39,12 @@ ACCEPT_WAIT_S = 0.2  # how often finished ranks are reaped while nothing else ha
 
 
 def main(argv: list[str]) -> int:
-    path, modules = argv[0], [word for word in argv[1:] if not word.startswith(LEAVE_OUT)]
+    path, modules = argv[0], []
     for word in argv[1:]:
         if word.startswith(LEAVE_OUT):
-            leave_out(word[len(LEAVE_OUT):])
+            leave_out(word.removeprefix(LEAVE_OUT))
+        else:
+            modules.append(word)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # at once: controllers connect while the stack imports, and wait for their answer
     listener.listen(16)
